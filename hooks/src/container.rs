@@ -1,0 +1,107 @@
+//! The seam between the engine and a real container: "run this in it", "connect inside its
+//! network", "signal it". The shim implements it over runc; tests implement it in memory.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use nix::sys::signal::Signal;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Which part of the lifecycle a process belongs to; also its `LIFECYCLE_PHASE` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    PostStart,
+    PreStop,
+    Init,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::PostStart => "postStart",
+            Phase::PreStop => "preStop",
+            Phase::Init => "init",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(Signal),
+}
+
+impl ExitStatus {
+    /// The shell's convention: the exit code, or 128+N for signal N.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(code) => code,
+            ExitStatus::Signaled(signal) => 128 + signal as i32,
+        }
+    }
+
+    pub fn success(self) -> bool {
+        self == ExitStatus::Exited(0)
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Exited(code) => write!(f, "exit code {code}"),
+            ExitStatus::Signaled(signal) => write!(f, "signal {signal}"),
+        }
+    }
+}
+
+/// A process to run inside the container, sharing its rootfs, namespaces, cgroup and user.
+#[derive(Debug, Clone)]
+pub struct ExecRequest<'a> {
+    /// Prefix for the process's output where it is shown, e.g. `postStart` or `init:migrate`.
+    pub label: &'a str,
+    pub argv: &'a [String],
+    /// Added to the container's own environment.
+    pub env: &'a [(String, String)],
+    pub working_dir: Option<&'a str>,
+    /// When to kill it; `None` lets it run until it exits (or the future is dropped).
+    pub deadline: Option<Instant>,
+}
+
+/// What an exec left behind. `output` is the bounded tail of its stdout and stderr.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    pub status: ExitStatus,
+    pub timed_out: bool,
+    pub output: String,
+}
+
+/// A running (or created) container the engine can act on.
+///
+/// Dropping a future returned by [`Container::exec`] must kill the process it started: that is
+/// how the engine cancels a PostStart when the container exits, or a PreStop cut short.
+pub trait Container {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    fn id(&self) -> &str;
+
+    fn exec(
+        &self,
+        request: ExecRequest<'_>,
+    ) -> impl Future<Output = Result<ExecOutput, Self::Error>>;
+
+    /// Opens a TCP connection from inside the container's network namespace.
+    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>>;
+
+    /// Sends a signal to the container's init process.
+    fn signal(&self, signal: Signal) -> impl Future<Output = Result<(), Self::Error>>;
+}

@@ -1,0 +1,297 @@
+//! Runs a plan's phases against a [`Container`]: one handler, the init containers in order, and
+//! the termination sequence (PreStop, stop signal, SIGKILL at the end of the grace period).
+
+use std::fmt;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::time::{sleep_until, timeout_at, Instant};
+
+use crate::container::{Container, ExecRequest, ExitStatus, Phase};
+use crate::http::{self, HttpError};
+use crate::plan::{Action, Hook, InitContainer, Plan};
+
+/// Kubernetes leaves at least this long between the stop signal and SIGKILL, however much of the
+/// grace period PreStop used.
+pub const MIN_STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a handler failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HookFailure {
+    #[error("exited with {0}")]
+    Exited(ExitStatus),
+    #[error("timed out after {}", Seconds(*.0))]
+    TimedOut(Duration),
+    #[error("HTTP status {0} (200-399 is success)")]
+    HttpStatus(u16),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("could not be started: {0}")]
+    Runtime(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The outcome of one handler run: what the engine logs and callers show.
+#[derive(Debug)]
+pub struct HookReport {
+    pub phase: Phase,
+    /// The init container's name, for [`Phase::Init`].
+    pub name: Option<String>,
+    pub handler: &'static str,
+    pub elapsed: Duration,
+    pub exit_code: Option<i32>,
+    pub http_status: Option<u16>,
+    /// Bounded tail of the process's output, or of the HTTP body.
+    pub output: String,
+    pub result: Result<(), HookFailure>,
+}
+
+impl HookReport {
+    /// The Kubernetes event reason for this failure, e.g. `FailedPostStartHook`.
+    pub fn reason(&self) -> &'static str {
+        match self.phase {
+            Phase::PostStart => "FailedPostStartHook",
+            Phase::PreStop => "FailedPreStopHook",
+            Phase::Init => "FailedInitContainer",
+        }
+    }
+
+    fn log(&self) {
+        let phase = self.phase.as_str();
+        let duration_ms = self.elapsed.as_millis() as u64;
+        let name = self.name.as_deref();
+        match &self.result {
+            Ok(()) => tracing::info!(
+                phase,
+                name,
+                handler = self.handler,
+                duration_ms,
+                outcome = "ok",
+                exit_code = self.exit_code,
+                http_status = self.http_status,
+                "hook finished"
+            ),
+            Err(error) => tracing::warn!(
+                phase,
+                name,
+                handler = self.handler,
+                duration_ms,
+                outcome = "failed",
+                reason = self.reason(),
+                exit_code = self.exit_code,
+                http_status = self.http_status,
+                %error,
+                output = self.output.trim_end(),
+                "hook failed"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for HookReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.phase, self.handler)?;
+        if let Some(name) = &self.name {
+            write!(f, " {name:?}")?;
+        }
+        match &self.result {
+            Ok(()) => write!(f, " succeeded")?,
+            Err(error) => write!(f, " failed: {error}")?,
+        }
+        write!(f, " ({})", Seconds(self.elapsed))?;
+        let output = self.output.trim_end();
+        if !output.is_empty() {
+            write!(f, "; output:\n{output}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one handler, bounded by its own timeout and by `outer` (the grace deadline for PreStop).
+pub async fn run_hook<C: Container>(
+    c: &C,
+    phase: Phase,
+    hook: &Hook,
+    outer: Option<Instant>,
+) -> HookReport {
+    let start = Instant::now();
+    let deadline = earliest(hook.timeout.map(|t| start + t), outer);
+    let report = match &hook.action {
+        Action::Exec { command } => {
+            let request = ExecRequest {
+                label: phase.as_str(),
+                argv: command,
+                env: &[],
+                working_dir: None,
+                deadline,
+            };
+            exec(c, phase, None, request).await
+        }
+        Action::HttpGet(get) => {
+            let outcome = match deadline {
+                Some(at) => timeout_at(at, http::get(c, get)).await.ok(),
+                None => Some(http::get(c, get).await),
+            };
+            let mut report = report(phase, None, "httpGet", start);
+            match outcome {
+                None => report.result = Err(HookFailure::TimedOut(start.elapsed())),
+                Some(Err(error)) => report.result = Err(error.into()),
+                Some(Ok(response)) => {
+                    report.http_status = Some(response.status);
+                    report.output = response.body;
+                    if !(200..400).contains(&response.status) {
+                        report.result = Err(HookFailure::HttpStatus(response.status));
+                    }
+                }
+            }
+            report
+        }
+        Action::Sleep(duration) => {
+            let wake = start + *duration;
+            let mut report = report(phase, None, "sleep", start);
+            match outer.filter(|&at| at < wake) {
+                Some(at) => {
+                    sleep_until(at).await;
+                    report.result = Err(HookFailure::TimedOut(start.elapsed()));
+                }
+                None => sleep_until(wake).await,
+            }
+            report
+        }
+    };
+    finish(report, start)
+}
+
+/// Why the init containers did not all succeed.
+#[derive(Debug)]
+pub struct InitFailure {
+    pub report: HookReport,
+}
+
+impl InitFailure {
+    /// The status the task should end with: the init's own, or 1 if it never ran.
+    pub fn exit_code(&self) -> i32 {
+        self.report.exit_code.unwrap_or(1)
+    }
+}
+
+impl fmt::Display for InitFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "init container {}", self.report)
+    }
+}
+
+/// Runs the init containers one after another; stops at the first that does not exit 0.
+pub async fn run_init_containers<C: Container>(
+    c: &C,
+    inits: &[InitContainer],
+) -> Result<(), InitFailure> {
+    for init in inits {
+        let start = Instant::now();
+        let label = format!("init:{}", init.name);
+        let request = ExecRequest {
+            label: &label,
+            argv: &init.argv,
+            env: &init.env,
+            working_dir: init.working_dir.as_deref(),
+            deadline: init.timeout.map(|t| start + t),
+        };
+        let report = finish(exec(c, Phase::Init, Some(&init.name), request).await, start);
+        if report.result.is_err() {
+            return Err(InitFailure { report });
+        }
+    }
+    Ok(())
+}
+
+/// The stop sequence: PreStop (bounded by the grace period), the stop signal, then SIGKILL once
+/// the rest of the grace period, and at least [`MIN_STOP_GRACE`], has passed.
+///
+/// It returns after sending SIGKILL; callers race it against the container's exit and drop it
+/// when the container is gone, which also cancels a PreStop still running.
+pub async fn terminate<C: Container>(c: &C, plan: &Plan) {
+    let start = Instant::now();
+    let grace_end = start + plan.grace;
+    if let Some(hook) = &plan.pre_stop {
+        run_hook(c, Phase::PreStop, hook, Some(grace_end)).await;
+    }
+    let kill_at = grace_end.max(Instant::now() + MIN_STOP_GRACE);
+    send(c, plan.stop_signal).await;
+    sleep_until(kill_at).await;
+    send(c, Signal::SIGKILL).await;
+}
+
+async fn send<C: Container>(c: &C, signal: Signal) {
+    tracing::info!(container = c.id(), %signal, "signalling container");
+    if let Err(error) = c.signal(signal).await {
+        tracing::warn!(container = c.id(), %signal, %error, "could not signal container");
+    }
+}
+
+async fn exec<C: Container>(
+    c: &C,
+    phase: Phase,
+    name: Option<&str>,
+    mut request: ExecRequest<'_>,
+) -> HookReport {
+    let start = Instant::now();
+    let mut env = vec![
+        ("LIFECYCLE_PHASE".to_owned(), phase.as_str().to_owned()),
+        ("LIFECYCLE_CONTAINER_ID".to_owned(), c.id().to_owned()),
+    ];
+    env.extend_from_slice(request.env);
+    request.env = &env;
+    let mut report = report(phase, name, "exec", start);
+    match c.exec(request).await {
+        Err(error) => report.result = Err(HookFailure::Runtime(Box::new(error))),
+        Ok(out) => {
+            report.exit_code = Some(out.status.code());
+            report.output = out.output;
+            if out.timed_out {
+                report.result = Err(HookFailure::TimedOut(start.elapsed()));
+            } else if !out.status.success() {
+                report.result = Err(HookFailure::Exited(out.status));
+            }
+        }
+    }
+    report
+}
+
+fn report(phase: Phase, name: Option<&str>, handler: &'static str, start: Instant) -> HookReport {
+    HookReport {
+        phase,
+        name: name.map(str::to_owned),
+        handler,
+        elapsed: start.elapsed(),
+        exit_code: None,
+        http_status: None,
+        output: String::new(),
+        result: Ok(()),
+    }
+}
+
+fn finish(mut report: HookReport, start: Instant) -> HookReport {
+    report.elapsed = start.elapsed();
+    report.log();
+    report
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Durations as people read them: `1.5s`, `250ms`.
+pub struct Seconds(pub Duration);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms < 1000 {
+            write!(f, "{ms}ms")
+        } else {
+            write!(f, "{:.1}s", self.0.as_secs_f64())
+        }
+    }
+}

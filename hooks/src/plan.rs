@@ -1,0 +1,626 @@
+//! A validated plan: every default filled in, every value checked, so nothing invalid reaches
+//! the engine. Errors carry the JSON path of the field they are about.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::spec::{self, Spec};
+
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// The longest duration accepted anywhere in a spec (a year), so arithmetic on deadlines cannot
+/// overflow.
+const MAX_SECONDS: i64 = 365 * 24 * 3600;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub post_start: Option<Hook>,
+    pub pre_stop: Option<Hook>,
+    pub stop_signal: Signal,
+    pub grace: Duration,
+    pub init_containers: Vec<InitContainer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub action: Action,
+    /// The handler's own limit; `None` means none (a PreStop is still bounded by the grace period).
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Exec { command: Vec<String> },
+    HttpGet(HttpGet),
+    Sleep(Duration),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpGet {
+    pub scheme: Scheme,
+    pub host: IpAddr,
+    pub port: u16,
+    /// Path and query, always starting with `/`.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitContainer {
+    pub name: String,
+    /// `command` followed by `args`.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub timeout: Option<Duration>,
+}
+
+/// One thing wrong with a spec, at a JSON path such as `preStop.httpGet.port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: &str, message: impl Into<String>) -> FieldError {
+        FieldError {
+            path: path.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Everything wrong with a spec, one line per problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidSpec {
+    pub errors: Vec<FieldError>,
+}
+
+impl From<FieldError> for InvalidSpec {
+    fn from(error: FieldError) -> InvalidSpec {
+        InvalidSpec {
+            errors: vec![error],
+        }
+    }
+}
+
+impl fmt::Display for InvalidSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for Plan {
+    fn default() -> Plan {
+        Plan {
+            post_start: None,
+            pre_stop: None,
+            stop_signal: Signal::SIGTERM,
+            grace: DEFAULT_GRACE,
+            init_containers: Vec::new(),
+        }
+    }
+}
+
+impl Plan {
+    /// Parses and validates a spec in one step.
+    pub fn from_json(json: &str, defaults: &Defaults) -> Result<Plan, InvalidSpec> {
+        Plan::from_spec(Spec::parse(json)?, defaults)
+    }
+
+    /// Validates a parsed spec, collecting every error rather than stopping at the first.
+    pub fn from_spec(spec: Spec, defaults: &Defaults) -> Result<Plan, InvalidSpec> {
+        let mut v = Validator::default();
+        let post_start = spec.post_start.and_then(|h| v.hook("postStart", h));
+        let pre_stop = spec.pre_stop.and_then(|h| v.hook("preStop", h));
+        let stop_signal = match spec.stop_signal {
+            Some(name) => v.signal("stopSignal", &name),
+            None => Some(defaults.stop_signal),
+        };
+        let grace = match spec.termination_grace_period_seconds {
+            Some(s) => v.seconds("terminationGracePeriodSeconds", s, 0),
+            None => Some(DEFAULT_GRACE),
+        };
+        let init_containers = v.init_containers(spec.init_containers);
+        if !v.errors.is_empty() {
+            return Err(InvalidSpec { errors: v.errors });
+        }
+        Ok(Plan {
+            post_start,
+            pre_stop,
+            // Both are Some whenever no error was recorded.
+            stop_signal: stop_signal.unwrap_or(Signal::SIGTERM),
+            grace: grace.unwrap_or(DEFAULT_GRACE),
+            init_containers,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.post_start.is_none() && self.pre_stop.is_none() && self.init_containers.is_empty()
+    }
+}
+
+/// Values that come from outside the spec, such as the image's stop signal.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub stop_signal: Signal,
+}
+
+impl Default for Defaults {
+    fn default() -> Defaults {
+        Defaults {
+            stop_signal: Signal::SIGTERM,
+        }
+    }
+}
+
+/// Parses `SIGTERM`, `TERM`, `sigterm` or `15`.
+pub fn parse_signal(name: &str) -> Option<Signal> {
+    if let Ok(n) = name.parse::<i32>() {
+        return Signal::try_from(n).ok();
+    }
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&full).ok()
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    fn fail<T>(&mut self, path: &str, message: impl Into<String>) -> Option<T> {
+        self.errors.push(FieldError::new(path, message));
+        None
+    }
+
+    fn seconds(&mut self, path: &str, value: i64, min: i64) -> Option<Duration> {
+        if value < min || value > MAX_SECONDS {
+            return self.fail(path, format!("must be {min}..{MAX_SECONDS} seconds"));
+        }
+        Some(Duration::from_secs(value as u64))
+    }
+
+    fn optional_timeout(&mut self, path: &str, value: Option<i64>) -> Option<Option<Duration>> {
+        match value {
+            None => Some(None),
+            Some(s) => self.seconds(path, s, 1).map(Some),
+        }
+    }
+
+    fn signal(&mut self, path: &str, name: &str) -> Option<Signal> {
+        parse_signal(name).or_else(|| {
+            self.fail(
+                path,
+                format!("unknown signal {name:?} (use a name such as SIGTERM)"),
+            )
+        })
+    }
+
+    fn hook(&mut self, path: &str, h: spec::Handler) -> Option<Hook> {
+        if h.tcp_socket.is_some() {
+            return self.fail(
+                &format!("{path}.tcpSocket"),
+                "is not supported for lifecycle hooks (Kubernetes deprecated it); use exec or httpGet",
+            );
+        }
+        let given: Vec<&str> = [
+            (h.exec.is_some(), "exec"),
+            (h.http_get.is_some(), "httpGet"),
+            (h.sleep.is_some(), "sleep"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if given.len() != 1 {
+            let found = if given.is_empty() {
+                "none".to_owned()
+            } else {
+                given.join(", ")
+            };
+            return self.fail(
+                path,
+                format!("must set exactly one of exec, httpGet, sleep (found {found})"),
+            );
+        }
+        let timeout_path = format!("{path}.timeoutSeconds");
+        let action = if let Some(exec) = h.exec {
+            let path = format!("{path}.exec.command");
+            self.argv(&path, exec.command)
+                .map(|command| Action::Exec { command })
+        } else if let Some(http) = h.http_get {
+            self.http_get(&format!("{path}.httpGet"), http)
+                .map(Action::HttpGet)
+        } else {
+            let sleep = h.sleep?;
+            if h.timeout_seconds.is_some() {
+                return self.fail(
+                    &timeout_path,
+                    "cannot be combined with sleep (the sleep is its own duration)",
+                );
+            }
+            self.seconds(&format!("{path}.sleep.seconds"), sleep.seconds, 0)
+                .map(Action::Sleep)
+        };
+        let timeout = self.optional_timeout(&timeout_path, h.timeout_seconds);
+        Some(Hook {
+            action: action?,
+            timeout: timeout?,
+        })
+    }
+
+    fn argv(&mut self, path: &str, argv: Vec<String>) -> Option<Vec<String>> {
+        if argv.is_empty() || argv[0].is_empty() {
+            return self.fail(path, "must name a program to run");
+        }
+        if let Some(i) = argv.iter().position(|a| a.contains('\0')) {
+            return self.fail(&format!("{path}[{i}]"), "must not contain a NUL byte");
+        }
+        Some(argv)
+    }
+
+    fn http_get(&mut self, path: &str, http: spec::HttpGetAction) -> Option<HttpGet> {
+        let errors_before = self.errors.len();
+        let port = match &http.port {
+            None => self.fail(&format!("{path}.port"), "is required"),
+            Some(serde_json::Value::Number(n)) => match n.as_u64() {
+                Some(p @ 1..=65535) => Some(p as u16),
+                _ => self.fail(&format!("{path}.port"), "must be 1..65535"),
+            },
+            Some(serde_json::Value::String(name)) => self.fail(
+                &format!("{path}.port"),
+                format!("named port {name:?} is not supported: give the port number"),
+            ),
+            Some(_) => self.fail(&format!("{path}.port"), "must be a number 1..65535"),
+        };
+        let scheme = match http.scheme.as_deref() {
+            None => Some(Scheme::Http),
+            Some(s) if s.eq_ignore_ascii_case("http") => Some(Scheme::Http),
+            Some(s) if s.eq_ignore_ascii_case("https") => Some(Scheme::Https),
+            Some(s) => self.fail(
+                &format!("{path}.scheme"),
+                format!("must be HTTP or HTTPS, not {s:?}"),
+            ),
+        };
+        let host = match http.host.as_deref() {
+            None | Some("") | Some("localhost") => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            Some(h) => h.trim_matches(['[', ']']).parse().ok().or_else(|| {
+                self.fail(
+                    &format!("{path}.host"),
+                    format!(
+                        "{h:?} is not an IP address (names are not resolved inside the container)"
+                    ),
+                )
+            }),
+        };
+        let raw_path = http.path.unwrap_or_default();
+        let request_path = if raw_path.starts_with('/') {
+            raw_path
+        } else {
+            format!("/{raw_path}")
+        };
+        if request_path.parse::<http::uri::PathAndQuery>().is_err() {
+            self.fail::<()>(
+                &format!("{path}.path"),
+                format!("{request_path:?} is not a valid URL path"),
+            );
+        }
+        let mut headers = Vec::new();
+        for (i, header) in http.http_headers.into_iter().enumerate() {
+            let hpath = format!("{path}.httpHeaders[{i}]");
+            if http::HeaderName::from_bytes(header.name.as_bytes()).is_err() {
+                self.fail::<()>(
+                    &format!("{hpath}.name"),
+                    format!("{:?} is not a valid header name", header.name),
+                );
+            } else if http::HeaderValue::from_str(&header.value).is_err() {
+                self.fail::<()>(
+                    &format!("{hpath}.value"),
+                    "is not a valid header value (control characters are not allowed)",
+                );
+            } else {
+                headers.push((header.name, header.value));
+            }
+        }
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(HttpGet {
+            scheme: scheme?,
+            host: host?,
+            port: port?,
+            path: request_path,
+            headers,
+        })
+    }
+
+    fn init_containers(&mut self, inits: Vec<spec::InitContainer>) -> Vec<InitContainer> {
+        let mut out: Vec<InitContainer> = Vec::new();
+        for (i, init) in inits.into_iter().enumerate() {
+            let path = format!("initContainers[{i}]");
+            let errors_before = self.errors.len();
+            if !is_dns_label(&init.name) {
+                self.fail::<()>(
+                    &format!("{path}.name"),
+                    format!(
+                        "{:?} must be a DNS label (lower-case letters, digits and '-', at most 63)",
+                        init.name
+                    ),
+                );
+            } else if out.iter().any(|o| o.name == init.name) {
+                self.fail::<()>(
+                    &format!("{path}.name"),
+                    format!("{:?} is used twice", init.name),
+                );
+            }
+            let mut argv = init.command;
+            argv.extend(init.args);
+            let argv = self.argv(&format!("{path}.command"), argv);
+            let mut env = Vec::new();
+            for (j, var) in init.env.into_iter().enumerate() {
+                if var.name.is_empty() || var.name.contains(['=', '\0']) {
+                    self.fail::<()>(
+                        &format!("{path}.env[{j}].name"),
+                        "must be non-empty, without '=' or NUL",
+                    );
+                } else if var.value.contains('\0') {
+                    self.fail::<()>(
+                        &format!("{path}.env[{j}].value"),
+                        "must not contain a NUL byte",
+                    );
+                } else {
+                    env.push((var.name, var.value));
+                }
+            }
+            if let Some(dir) = &init.working_dir {
+                if !dir.starts_with('/') || dir.contains('\0') {
+                    self.fail::<()>(&format!("{path}.workingDir"), "must be an absolute path");
+                }
+            }
+            let timeout =
+                self.optional_timeout(&format!("{path}.timeoutSeconds"), init.timeout_seconds);
+            if self.errors.len() > errors_before {
+                continue;
+            }
+            if let (Some(argv), Some(timeout)) = (argv, timeout) {
+                out.push(InitContainer {
+                    name: init.name,
+                    argv,
+                    env,
+                    working_dir: init.working_dir,
+                    timeout,
+                });
+            }
+        }
+        out
+    }
+}
+
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(json: &str) -> Plan {
+        Plan::from_json(json, &Defaults::default()).unwrap()
+    }
+
+    fn errors(json: &str) -> Vec<String> {
+        Plan::from_json(json, &Defaults::default())
+            .unwrap_err()
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn defaults_follow_kubernetes() {
+        let p = plan("{}");
+        assert_eq!(p, Plan::default());
+        assert!(p.is_empty());
+        assert_eq!(p.grace, Duration::from_secs(30));
+        assert_eq!(p.stop_signal, Signal::SIGTERM);
+    }
+
+    #[test]
+    fn image_stop_signal_is_the_default_and_the_spec_wins() {
+        let defaults = Defaults {
+            stop_signal: Signal::SIGQUIT,
+        };
+        assert_eq!(
+            Plan::from_json("{}", &defaults).unwrap().stop_signal,
+            Signal::SIGQUIT
+        );
+        let p = Plan::from_json(r#"{"stopSignal": "INT"}"#, &defaults).unwrap();
+        assert_eq!(p.stop_signal, Signal::SIGINT);
+    }
+
+    #[test]
+    fn http_get_defaults_to_the_container_loopback() {
+        let p = plan(
+            r#"{"preStop": {"httpGet": {"port": 8080, "path": "drain?now=1"}, "timeoutSeconds": 5}}"#,
+        );
+        let hook = p.pre_stop.unwrap();
+        assert_eq!(hook.timeout, Some(Duration::from_secs(5)));
+        let Action::HttpGet(get) = hook.action else {
+            panic!("not an httpGet")
+        };
+        assert_eq!(get.host, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(get.path, "/drain?now=1");
+        assert_eq!(get.scheme, Scheme::Http);
+    }
+
+    #[test]
+    fn init_containers_join_command_and_args() {
+        let p = plan(
+            r#"{"initContainers": [{"name": "a", "command": ["sh"], "args": ["-c", "true"],
+                "env": [{"name": "X", "value": "1"}], "workingDir": "/tmp", "timeoutSeconds": 3}]}"#,
+        );
+        let init = &p.init_containers[0];
+        assert_eq!(init.argv, ["sh", "-c", "true"]);
+        assert_eq!(init.env, [("X".to_owned(), "1".to_owned())]);
+        assert_eq!(init.timeout, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn each_bad_value_is_named_by_its_path() {
+        let cases = [
+            (
+                r#"{"preStop": {"httpGet": {"port": 0}}}"#,
+                "preStop.httpGet.port: must be 1..65535",
+            ),
+            (
+                r#"{"preStop": {"httpGet": {"port": 70000}}}"#,
+                "preStop.httpGet.port: must be 1..65535",
+            ),
+            (
+                r#"{"preStop": {"httpGet": {"port": "http"}}}"#,
+                "preStop.httpGet.port: named port",
+            ),
+            (
+                r#"{"preStop": {"httpGet": {}}}"#,
+                "preStop.httpGet.port: is required",
+            ),
+            (
+                r#"{"postStart": {"httpGet": {"port": 1, "host": "example.com"}}}"#,
+                "postStart.httpGet.host:",
+            ),
+            (
+                r#"{"postStart": {"httpGet": {"port": 1, "scheme": "FTP"}}}"#,
+                "postStart.httpGet.scheme:",
+            ),
+            (
+                r#"{"postStart": {"httpGet": {"port": 1, "httpHeaders": [{"name": "a b", "value": ""}]}}}"#,
+                "postStart.httpGet.httpHeaders[0].name:",
+            ),
+            (
+                r#"{"postStart": {"exec": {"command": ["a"]}, "sleep": {"seconds": 1}}}"#,
+                "postStart: must set exactly one of exec, httpGet, sleep (found exec, sleep)",
+            ),
+            (
+                r#"{"postStart": {}}"#,
+                "postStart: must set exactly one of exec, httpGet, sleep (found none)",
+            ),
+            (
+                r#"{"preStop": {"tcpSocket": {"port": 80}}}"#,
+                "preStop.tcpSocket: is not supported",
+            ),
+            (
+                r#"{"preStop": {"exec": {"command": []}}}"#,
+                "preStop.exec.command: must name a program",
+            ),
+            (
+                r#"{"preStop": {"exec": {"command": ["a", "b\u0000"]}}}"#,
+                "preStop.exec.command[1]: must not contain a NUL",
+            ),
+            (
+                r#"{"preStop": {"exec": {"command": ["a"]}, "timeoutSeconds": 0}}"#,
+                "preStop.timeoutSeconds: must be 1..",
+            ),
+            (
+                r#"{"preStop": {"sleep": {"seconds": -1}}}"#,
+                "preStop.sleep.seconds: must be 0..",
+            ),
+            (
+                r#"{"preStop": {"sleep": {"seconds": 1}, "timeoutSeconds": 3}}"#,
+                "preStop.timeoutSeconds: cannot be combined",
+            ),
+            (
+                r#"{"terminationGracePeriodSeconds": -5}"#,
+                "terminationGracePeriodSeconds: must be 0..",
+            ),
+            (
+                r#"{"terminationGracePeriodSeconds": 9223372036854775807}"#,
+                "terminationGracePeriodSeconds: must be 0..",
+            ),
+            (r#"{"stopSignal": "SIGNOPE"}"#, "stopSignal: unknown signal"),
+            (
+                r#"{"initContainers": [{"name": "Bad_Name", "command": ["a"]}]}"#,
+                "initContainers[0].name:",
+            ),
+            (
+                r#"{"initContainers": [{"name": "a", "command": ["x"]}, {"name": "a", "command": ["y"]}]}"#,
+                "initContainers[1].name: \"a\" is used twice",
+            ),
+            (
+                r#"{"initContainers": [{"name": "a"}]}"#,
+                "initContainers[0].command: must name a program",
+            ),
+            (
+                r#"{"initContainers": [{"name": "a", "command": ["x"], "workingDir": "tmp"}]}"#,
+                "initContainers[0].workingDir: must be an absolute path",
+            ),
+            (
+                r#"{"initContainers": [{"name": "a", "command": ["x"], "env": [{"name": "A=B"}]}]}"#,
+                "initContainers[0].env[0].name:",
+            ),
+        ];
+        for (json, expected) in cases {
+            let errs = errors(json);
+            assert!(
+                errs.iter().any(|e| e.starts_with(expected)),
+                "{json}: expected {expected:?}, got {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn all_errors_are_reported_at_once() {
+        let errs = errors(
+            r#"{"preStop": {"httpGet": {"port": 0, "scheme": "FTP"}},
+                "stopSignal": "NOPE", "terminationGracePeriodSeconds": -1}"#,
+        );
+        assert_eq!(errs.len(), 4, "{errs:?}");
+    }
+
+    #[test]
+    fn signals_parse_by_name_or_number() {
+        assert_eq!(parse_signal("SIGTERM"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("quit"), Some(Signal::SIGQUIT));
+        assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("SIGFOO"), None);
+        assert_eq!(parse_signal("99"), None);
+    }
+}

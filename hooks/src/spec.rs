@@ -1,0 +1,198 @@
+//! The hook spec as users write it: Kubernetes-shaped JSON, parsed strictly.
+//!
+//! These types mirror the JSON one to one; nothing here is validated beyond JSON types. The
+//! [`crate::plan`] module turns a [`Spec`] into a [`crate::Plan`] in which every value is checked.
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::plan::{FieldError, InvalidSpec};
+
+/// The largest spec accepted, in bytes; an annotation is no place for more.
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Spec {
+    pub post_start: Option<Handler>,
+    pub pre_stop: Option<Handler>,
+    pub stop_signal: Option<String>,
+    pub termination_grace_period_seconds: Option<i64>,
+    #[serde(default)]
+    pub init_containers: Vec<InitContainer>,
+}
+
+/// One of `exec`, `httpGet`, `sleep`; which one is set is checked in validation so that the error
+/// can name every field that was given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Handler {
+    pub exec: Option<ExecAction>,
+    pub http_get: Option<HttpGetAction>,
+    pub sleep: Option<SleepAction>,
+    /// Accepted by the parser only so that validation can refuse it with a useful message.
+    pub tcp_socket: Option<IgnoredAny>,
+    pub timeout_seconds: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExecAction {
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpGetAction {
+    pub path: Option<String>,
+    /// A number; Kubernetes also allows a named port, which has no meaning without a Pod spec, so
+    /// it is kept as raw JSON and refused in validation with that reason.
+    pub port: Option<serde_json::Value>,
+    pub host: Option<String>,
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub http_headers: Vec<HttpHeader>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SleepAction {
+    pub seconds: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InitContainer {
+    pub name: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+    pub working_dir: Option<String>,
+    pub timeout_seconds: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+impl Spec {
+    /// Parses a spec, naming the field path of the first JSON or type error.
+    pub fn parse(json: &str) -> Result<Spec, InvalidSpec> {
+        if json.len() > MAX_SPEC_BYTES {
+            return Err(FieldError::new(
+                "",
+                format!(
+                    "is {} bytes; at most {MAX_SPEC_BYTES} are accepted",
+                    json.len()
+                ),
+            )
+            .into());
+        }
+        // serde would also accept a struct written as an array, which no user means.
+        if !json.trim_start().starts_with('{') {
+            return Err(FieldError::new("", "the spec must be a JSON object").into());
+        }
+        let mut de = serde_json::Deserializer::from_str(json);
+        let spec: Spec = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+            let path = err.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            FieldError::new(&path, err.into_inner().to_string())
+        })?;
+        de.end()
+            .map_err(|err| FieldError::new("", err.to_string()))?;
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(json: &str) -> String {
+        Spec::parse(json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_the_design_example() {
+        let spec = Spec::parse(
+            r#"{
+  "postStart": {"exec": {"command": ["sh", "-c", "echo started > /tmp/ready"]}},
+  "preStop":   {"httpGet": {"path": "/drain", "port": 8080, "scheme": "HTTP",
+                            "httpHeaders": [{"name": "X-Reason", "value": "stop"}]},
+                "timeoutSeconds": 20},
+  "stopSignal": "SIGTERM",
+  "terminationGracePeriodSeconds": 30,
+  "initContainers": [
+    {"name": "migrate", "command": ["/app/migrate"], "env": [{"name": "DB", "value": "x"}],
+     "workingDir": "/app", "timeoutSeconds": 120}
+  ]
+}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.init_containers[0].name, "migrate");
+        assert_eq!(spec.pre_stop.unwrap().timeout_seconds, Some(20));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_path() {
+        let msg = error(r#"{"preStop": {"exec": {"command": ["x"], "cmd": 1}}}"#);
+        assert!(
+            msg.starts_with("preStop.exec.cmd: unknown field `cmd`"),
+            "{msg}"
+        );
+        let msg = error(r#"{"initContainers": [{"name": "a", "image": "busybox"}]}"#);
+        assert!(
+            msg.starts_with("initContainers[0].image: unknown field `image`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let msg = error(r#"{"terminationGracePeriodSeconds": "30"}"#);
+        assert!(
+            msg.starts_with("terminationGracePeriodSeconds: invalid type"),
+            "{msg}"
+        );
+        let msg = error(r#"{"postStart": {"exec": {"command": "echo hi"}}}"#);
+        assert!(
+            msg.starts_with("postStart.exec.command: invalid type"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn malformed_json_and_trailing_data_are_refused() {
+        assert!(error("{").contains("EOF"));
+        assert!(error("{} {}").contains("trailing characters"));
+        assert_eq!(error("[]"), "the spec must be a JSON object");
+        assert_eq!(error(" 3"), "the spec must be a JSON object");
+    }
+
+    #[test]
+    fn huge_numbers_are_refused() {
+        let msg = error(r#"{"terminationGracePeriodSeconds": 99999999999999999999999}"#);
+        assert!(msg.starts_with("terminationGracePeriodSeconds:"), "{msg}");
+    }
+
+    #[test]
+    fn oversized_specs_are_refused() {
+        let big = format!(r#"{{"stopSignal": "{}"}}"#, "x".repeat(MAX_SPEC_BYTES));
+        assert!(error(&big).contains("at most 65536"));
+    }
+}

@@ -1,0 +1,455 @@
+//! The engine against an in-memory container: ordering, deadlines and the stop sequence under a
+//! paused clock, and the httpGet handler against a local server.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lifecycle_hooks::container::{Container, ExecOutput, ExecRequest, ExitStatus, Phase};
+use lifecycle_hooks::{run_hook, run_init_containers, terminate, Defaults, HookFailure, Plan};
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{sleep, sleep_until, Instant};
+
+/// Commands the fake understands: `ok`, `fail` (exit 3, prints "boom"), `hang` (runs until its
+/// deadline), `take N` (runs N seconds).
+struct Fake {
+    start: Instant,
+    events: RefCell<Vec<(u64, String)>>,
+    /// Where `connect` goes, whatever address is asked for.
+    server: Option<SocketAddr>,
+}
+
+impl Fake {
+    fn new() -> Fake {
+        Fake {
+            start: Instant::now(),
+            events: RefCell::new(Vec::new()),
+            server: None,
+        }
+    }
+
+    fn record(&self, what: String) {
+        let at = self.start.elapsed().as_secs();
+        self.events.borrow_mut().push((at, what));
+    }
+
+    fn events(&self) -> Vec<(u64, String)> {
+        self.events.borrow().clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("fake error")]
+struct FakeError;
+
+impl Container for Fake {
+    type Error = FakeError;
+
+    fn id(&self) -> &str {
+        "fake-1"
+    }
+
+    async fn exec(&self, request: ExecRequest<'_>) -> Result<ExecOutput, FakeError> {
+        let env: Vec<String> = request
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        self.record(format!("exec {} {}", request.label, request.argv.join(" ")));
+        assert!(
+            env.contains(&"LIFECYCLE_CONTAINER_ID=fake-1".to_owned()),
+            "{env:?}"
+        );
+        let phase = request.label.split(':').next().unwrap();
+        assert!(env.contains(&format!("LIFECYCLE_PHASE={phase}")), "{env:?}");
+        let done = |status, output: &str| ExecOutput {
+            status,
+            timed_out: false,
+            output: output.to_owned(),
+        };
+        match request.argv[0].as_str() {
+            "ok" => Ok(done(ExitStatus::Exited(0), "")),
+            "fail" => Ok(done(ExitStatus::Exited(3), "boom\n")),
+            "take" => {
+                sleep(Duration::from_secs(request.argv[1].parse().unwrap())).await;
+                Ok(done(ExitStatus::Exited(0), ""))
+            }
+            "hang" => {
+                sleep_until(request.deadline.expect("hang needs a deadline")).await;
+                self.record(format!("killed {}", request.label));
+                Ok(ExecOutput {
+                    status: ExitStatus::Signaled(Signal::SIGKILL),
+                    timed_out: true,
+                    output: "partial\n".to_owned(),
+                })
+            }
+            other => panic!("the fake does not know {other}"),
+        }
+    }
+
+    async fn connect(&self, _addr: SocketAddr) -> io::Result<TcpStream> {
+        TcpStream::connect(self.server.expect("no server")).await
+    }
+
+    async fn signal(&self, signal: Signal) -> Result<(), FakeError> {
+        self.record(format!("signal {signal}"));
+        Ok(())
+    }
+}
+
+fn plan(json: &str) -> Plan {
+    Plan::from_json(json, &Defaults::default()).unwrap()
+}
+
+fn ev(list: &[(u64, &str)]) -> Vec<(u64, String)> {
+    list.iter().map(|(t, s)| (*t, s.to_string())).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn quick_prestop_then_signal_then_kill_at_the_end_of_grace() {
+    let fake = Fake::new();
+    let p = plan(
+        r#"{"preStop": {"exec": {"command": ["take", "3"]}}, "terminationGracePeriodSeconds": 10}"#,
+    );
+    terminate(&fake, &p).await;
+    assert_eq!(
+        fake.events(),
+        ev(&[
+            (0, "exec preStop take 3"),
+            (3, "signal SIGTERM"),
+            (10, "signal SIGKILL")
+        ])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn prestop_outliving_grace_is_cut_and_kill_follows_two_seconds_later() {
+    let fake = Fake::new();
+    let p = plan(
+        r#"{"preStop": {"exec": {"command": ["hang"]}}, "terminationGracePeriodSeconds": 5, "stopSignal": "SIGUSR1"}"#,
+    );
+    terminate(&fake, &p).await;
+    assert_eq!(
+        fake.events(),
+        ev(&[
+            (0, "exec preStop hang"),
+            (5, "killed preStop"),
+            (5, "signal SIGUSR1"),
+            (7, "signal SIGKILL")
+        ])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn prestop_timeout_shorter_than_grace_applies() {
+    let fake = Fake::new();
+    let p = plan(
+        r#"{"preStop": {"exec": {"command": ["hang"]}, "timeoutSeconds": 2}, "terminationGracePeriodSeconds": 30}"#,
+    );
+    terminate(&fake, &p).await;
+    assert_eq!(
+        fake.events(),
+        ev(&[
+            (0, "exec preStop hang"),
+            (2, "killed preStop"),
+            (2, "signal SIGTERM"),
+            (30, "signal SIGKILL")
+        ])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_grace_still_leaves_two_seconds_for_the_stop_signal() {
+    let fake = Fake::new();
+    terminate(&fake, &plan(r#"{"terminationGracePeriodSeconds": 0}"#)).await;
+    assert_eq!(
+        fake.events(),
+        ev(&[(0, "signal SIGTERM"), (2, "signal SIGKILL")])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn prestop_sleep_is_bounded_by_grace() {
+    let fake = Fake::new();
+    terminate(
+        &fake,
+        &plan(r#"{"preStop": {"sleep": {"seconds": 3}}, "terminationGracePeriodSeconds": 10}"#),
+    )
+    .await;
+    assert_eq!(
+        fake.events(),
+        ev(&[(3, "signal SIGTERM"), (10, "signal SIGKILL")])
+    );
+
+    let fake = Fake::new();
+    terminate(
+        &fake,
+        &plan(r#"{"preStop": {"sleep": {"seconds": 60}}, "terminationGracePeriodSeconds": 4}"#),
+    )
+    .await;
+    assert_eq!(
+        fake.events(),
+        ev(&[(4, "signal SIGTERM"), (6, "signal SIGKILL")])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_prestop_does_not_stop_termination() {
+    let fake = Fake::new();
+    terminate(
+        &fake,
+        &plan(
+            r#"{"preStop": {"exec": {"command": ["fail"]}}, "terminationGracePeriodSeconds": 3}"#,
+        ),
+    )
+    .await;
+    assert_eq!(
+        fake.events(),
+        ev(&[
+            (0, "exec preStop fail"),
+            (0, "signal SIGTERM"),
+            (3, "signal SIGKILL")
+        ])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn init_containers_run_in_order_and_stop_at_the_first_failure() {
+    let fake = Fake::new();
+    let p = plan(
+        r#"{"initContainers": [
+            {"name": "one", "command": ["take", "1"]},
+            {"name": "two", "command": ["fail"], "env": [{"name": "A", "value": "b"}]},
+            {"name": "three", "command": ["ok"]}]}"#,
+    );
+    let failure = run_init_containers(&fake, &p.init_containers)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fake.events(),
+        ev(&[(0, "exec init:one take 1"), (1, "exec init:two fail")])
+    );
+    assert_eq!(failure.exit_code(), 3);
+    assert_eq!(failure.report.name.as_deref(), Some("two"));
+    assert_eq!(failure.report.reason(), "FailedInitContainer");
+    let text = failure.to_string();
+    assert!(
+        text.starts_with("init container init exec \"two\" failed: exited with exit code 3"),
+        "{text}"
+    );
+    assert!(text.ends_with("output:\nboom"), "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn hung_init_container_is_killed_at_its_timeout() {
+    let fake = Fake::new();
+    let p = plan(
+        r#"{"initContainers": [{"name": "slow", "command": ["hang"], "timeoutSeconds": 4}, {"name": "next", "command": ["ok"]}]}"#,
+    );
+    let failure = run_init_containers(&fake, &p.init_containers)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fake.events(),
+        ev(&[(0, "exec init:slow hang"), (4, "killed init:slow")])
+    );
+    assert!(
+        matches!(failure.report.result, Err(HookFailure::TimedOut(d)) if d == Duration::from_secs(4))
+    );
+    assert_eq!(failure.exit_code(), 137);
+}
+
+#[tokio::test(start_paused = true)]
+async fn all_init_containers_succeeding_is_ok() {
+    let fake = Fake::new();
+    let p = plan(
+        r#"{"initContainers": [{"name": "a", "command": ["ok"]}, {"name": "b", "command": ["ok"]}]}"#,
+    );
+    run_init_containers(&fake, &p.init_containers)
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.events(),
+        ev(&[(0, "exec init:a ok"), (0, "exec init:b ok")])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_poststart_is_reported_with_its_reason_and_output() {
+    let fake = Fake::new();
+    let p = plan(r#"{"postStart": {"exec": {"command": ["fail"]}}}"#);
+    let report = run_hook(
+        &fake,
+        Phase::PostStart,
+        p.post_start.as_ref().unwrap(),
+        None,
+    )
+    .await;
+    assert_eq!(report.reason(), "FailedPostStartHook");
+    assert_eq!(report.exit_code, Some(3));
+    assert_eq!(report.output, "boom\n");
+    assert!(matches!(
+        report.result,
+        Err(HookFailure::Exited(ExitStatus::Exited(3)))
+    ));
+}
+
+/// Serves each connection with the next canned response, recording request heads.
+async fn server(
+    responses: Vec<&'static str>,
+) -> (SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut heads = Vec::new();
+        for response in responses {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0; 4096];
+            let n = conn.read(&mut buf).await.unwrap();
+            heads.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            conn.write_all(response.as_bytes()).await.unwrap();
+        }
+        heads
+    });
+    (addr, task)
+}
+
+async fn http_hook(json: &str, fake: &Fake) -> lifecycle_hooks::HookReport {
+    let p = plan(json);
+    run_hook(fake, Phase::PostStart, p.post_start.as_ref().unwrap(), None).await
+}
+
+#[tokio::test]
+async fn http_get_follows_a_same_origin_redirect_and_sends_headers() {
+    let (addr, server) = server(vec![
+        "HTTP/1.1 302 Found\r\nLocation: /final\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 204 No Content\r\n\r\n",
+    ])
+    .await;
+    let fake = Fake {
+        server: Some(addr),
+        ..Fake::new()
+    };
+    let report = http_hook(
+        r#"{"postStart": {"httpGet": {"port": 8080, "path": "/start",
+            "httpHeaders": [{"name": "X-Reason", "value": "boot"}]}}}"#,
+        &fake,
+    )
+    .await;
+    assert!(report.result.is_ok(), "{report}");
+    assert_eq!(report.http_status, Some(204));
+    let heads = server.await.unwrap();
+    assert!(
+        heads[0].starts_with("GET /start HTTP/1.1\r\n"),
+        "{}",
+        heads[0]
+    );
+    assert!(
+        heads[0].to_ascii_lowercase().contains("x-reason: boot"),
+        "{}",
+        heads[0]
+    );
+    assert!(
+        heads[0]
+            .to_ascii_lowercase()
+            .contains("host: 127.0.0.1:8080"),
+        "{}",
+        heads[0]
+    );
+    assert!(
+        heads[1].starts_with("GET /final HTTP/1.1\r\n"),
+        "{}",
+        heads[1]
+    );
+}
+
+#[tokio::test]
+async fn http_500_fails_with_the_status_and_body() {
+    let (addr, _server) = server(vec![
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nbad!",
+    ])
+    .await;
+    let fake = Fake {
+        server: Some(addr),
+        ..Fake::new()
+    };
+    let report = http_hook(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
+    assert!(
+        matches!(report.result, Err(HookFailure::HttpStatus(500))),
+        "{report}"
+    );
+    assert_eq!(report.output, "bad!");
+}
+
+#[tokio::test]
+async fn redirect_loops_fail_after_ten() {
+    let loop_response = "HTTP/1.1 301 Moved\r\nLocation: /again\r\nContent-Length: 0\r\n\r\n";
+    let (addr, server) = server(vec![loop_response; 11]).await;
+    let fake = Fake {
+        server: Some(addr),
+        ..Fake::new()
+    };
+    let report = http_hook(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
+    let error = report.result.unwrap_err().to_string();
+    assert_eq!(error, "more than 10 redirects");
+    assert_eq!(server.await.unwrap().len(), 11);
+}
+
+#[tokio::test]
+async fn large_bodies_are_read_only_to_the_bound() {
+    let body = "x".repeat(64 * 1024);
+    let response: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_boxed_str(),
+    );
+    let (addr, _server) = server(vec![response]).await;
+    let fake = Fake {
+        server: Some(addr),
+        ..Fake::new()
+    };
+    let report = http_hook(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
+    assert!(report.result.is_ok(), "{report}");
+    assert_eq!(report.output.len(), lifecycle_hooks::http::MAX_BODY);
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake = Fake {
+        server: Some(listener.local_addr().unwrap()),
+        ..Fake::new()
+    };
+    let report = http_hook(
+        r#"{"postStart": {"httpGet": {"port": 1}, "timeoutSeconds": 1}}"#,
+        &fake,
+    )
+    .await;
+    assert!(
+        matches!(report.result, Err(HookFailure::TimedOut(_))),
+        "{report}"
+    );
+    drop(listener);
+}
+
+#[tokio::test]
+async fn a_refused_connection_fails() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let fake = Fake {
+        server: Some(addr),
+        ..Fake::new()
+    };
+    let report = http_hook(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
+    let error = report.result.unwrap_err().to_string();
+    assert!(
+        error.starts_with("connecting to 127.0.0.1:1 inside the container"),
+        "{error}"
+    );
+}
