@@ -1,0 +1,261 @@
+//! An OCI bundle and the hook plan it asks for: `config.json` is read (never written: runc gets
+//! the bundle untouched, OCI `hooks` included) and the spec is taken from, in order of
+//! precedence, `--spec FILE`, the `lifecycle-shim/spec.<container-name>` annotation, or the
+//! `lifecycle-shim/spec` annotation.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use lifecycle_hooks::plan::parse_signal;
+use lifecycle_hooks::{Defaults, InvalidSpec, Plan};
+
+pub const SPEC_ANNOTATION: &str = "lifecycle-shim/spec";
+/// containerd's CRI plugin names the container of a pod here.
+pub const CONTAINER_NAME_ANNOTATION: &str = "io.kubernetes.cri.container-name";
+/// containerd's CRI plugin marks the pause container `sandbox` here.
+pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+/// The image's stop signal, as Docker, nerdctl and the CRI plugin record it.
+pub const IMAGE_STOP_SIGNAL_ANNOTATION: &str = "org.opencontainers.image.stopSignal";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle {path:?}: {source}")]
+    Missing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bundle {path:?} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("{path:?}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("spec file {path:?}: {source}")]
+    SpecFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: invalid lifecycle spec:\n{errors}")]
+    Spec {
+        origin: SpecOrigin,
+        errors: InvalidSpec,
+    },
+    #[error("{path:?}: process.terminal is true, but `run` passes its own stdio through; set it to false")]
+    Terminal { path: PathBuf },
+}
+
+/// Where a plan came from, for messages and for `check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecOrigin {
+    File(PathBuf),
+    Annotation(String),
+    /// No spec anywhere: the container runs without hooks.
+    None,
+    /// A pod's pause container, which never runs hooks.
+    Sandbox,
+}
+
+impl fmt::Display for SpecOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpecOrigin::File(path) => write!(f, "spec file {path:?}"),
+            SpecOrigin::Annotation(key) => write!(f, "annotation {key}"),
+            SpecOrigin::None => write!(f, "no lifecycle spec (no hooks)"),
+            SpecOrigin::Sandbox => write!(f, "sandbox container (never runs hooks)"),
+        }
+    }
+}
+
+pub struct Bundle {
+    /// Absolute path of the bundle directory.
+    pub path: PathBuf,
+    config_path: PathBuf,
+    annotations: HashMap<String, String>,
+    terminal: bool,
+}
+
+impl Bundle {
+    pub fn load(path: &Path) -> Result<Bundle, BundleError> {
+        let path = std::fs::canonicalize(path).map_err(|source| BundleError::Missing {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !path.is_dir() {
+            return Err(BundleError::NotADirectory { path });
+        }
+        let config_path = path.join("config.json");
+        let config_error = |message: String| BundleError::Config {
+            path: config_path.clone(),
+            message,
+        };
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| config_error(e.to_string()))?;
+        // Read with oci-spec's types so a config runc would reject is refused before anything
+        // is created, with serde's line and column.
+        let config: oci_spec::runtime::Spec =
+            serde_json::from_str(&text).map_err(|e| config_error(e.to_string()))?;
+        Ok(Bundle {
+            annotations: config.annotations().clone().unwrap_or_default(),
+            terminal: config
+                .process()
+                .as_ref()
+                .and_then(|p| p.terminal())
+                .unwrap_or(false),
+            path,
+            config_path,
+        })
+    }
+
+    /// Fails if the bundle asks for a terminal, which `run` does not allocate.
+    pub fn refuse_terminal(&self) -> Result<(), BundleError> {
+        if self.terminal {
+            return Err(BundleError::Terminal {
+                path: self.config_path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The validated plan and where it came from.
+    pub fn plan(&self, spec_file: Option<&Path>) -> Result<(SpecOrigin, Plan), BundleError> {
+        let defaults = Defaults {
+            stop_signal: self
+                .annotations
+                .get(IMAGE_STOP_SIGNAL_ANNOTATION)
+                .and_then(|name| parse_signal(name))
+                .unwrap_or(Defaults::default().stop_signal),
+        };
+        let (origin, json) = self.spec_source(spec_file)?;
+        let Some(json) = json else {
+            let plan = Plan {
+                stop_signal: defaults.stop_signal,
+                ..Plan::default()
+            };
+            return Ok((origin, plan));
+        };
+        match Plan::from_json(&json, &defaults) {
+            Ok(plan) => Ok((origin, plan)),
+            Err(errors) => Err(BundleError::Spec { origin, errors }),
+        }
+    }
+
+    fn spec_source(
+        &self,
+        spec_file: Option<&Path>,
+    ) -> Result<(SpecOrigin, Option<String>), BundleError> {
+        if let Some(path) = spec_file {
+            let json = std::fs::read_to_string(path).map_err(|source| BundleError::SpecFile {
+                path: path.to_owned(),
+                source,
+            })?;
+            return Ok((SpecOrigin::File(path.to_owned()), Some(json)));
+        }
+        if self
+            .annotations
+            .get(CONTAINER_TYPE_ANNOTATION)
+            .map(String::as_str)
+            == Some("sandbox")
+        {
+            return Ok((SpecOrigin::Sandbox, None));
+        }
+        let per_container = self
+            .annotations
+            .get(CONTAINER_NAME_ANNOTATION)
+            .map(|name| format!("{SPEC_ANNOTATION}.{name}"));
+        for key in per_container
+            .iter()
+            .map(String::as_str)
+            .chain([SPEC_ANNOTATION])
+        {
+            if let Some(json) = self.annotations.get(key) {
+                return Ok((SpecOrigin::Annotation(key.to_owned()), Some(json.clone())));
+            }
+        }
+        Ok((SpecOrigin::None, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(annotations: &[(&str, &str)]) -> Bundle {
+        Bundle {
+            path: PathBuf::from("/b"),
+            config_path: PathBuf::from("/b/config.json"),
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            terminal: false,
+        }
+    }
+
+    #[test]
+    fn per_container_annotation_wins_over_the_plain_one() {
+        let b = bundle(&[
+            (SPEC_ANNOTATION, r#"{"terminationGracePeriodSeconds": 1}"#),
+            (
+                "lifecycle-shim/spec.app",
+                r#"{"terminationGracePeriodSeconds": 2}"#,
+            ),
+            (CONTAINER_NAME_ANNOTATION, "app"),
+        ]);
+        let (origin, plan) = b.plan(None).unwrap();
+        assert_eq!(
+            origin,
+            SpecOrigin::Annotation("lifecycle-shim/spec.app".into())
+        );
+        assert_eq!(plan.grace.as_secs(), 2);
+
+        let other = bundle(&[
+            (SPEC_ANNOTATION, r#"{"terminationGracePeriodSeconds": 1}"#),
+            (
+                "lifecycle-shim/spec.app",
+                r#"{"terminationGracePeriodSeconds": 2}"#,
+            ),
+            (CONTAINER_NAME_ANNOTATION, "sidecar"),
+        ]);
+        assert_eq!(other.plan(None).unwrap().1.grace.as_secs(), 1);
+    }
+
+    #[test]
+    fn sandbox_containers_never_get_hooks() {
+        let b = bundle(&[
+            (
+                SPEC_ANNOTATION,
+                r#"{"postStart": {"exec": {"command": ["x"]}}}"#,
+            ),
+            (CONTAINER_TYPE_ANNOTATION, "sandbox"),
+        ]);
+        let (origin, plan) = b.plan(None).unwrap();
+        assert_eq!(origin, SpecOrigin::Sandbox);
+        assert!(plan.is_empty());
+    }
+
+    #[test]
+    fn image_stop_signal_is_used_unless_the_spec_names_one() {
+        let b = bundle(&[(IMAGE_STOP_SIGNAL_ANNOTATION, "SIGQUIT")]);
+        assert_eq!(
+            b.plan(None).unwrap().1.stop_signal,
+            nix::sys::signal::Signal::SIGQUIT
+        );
+        let b = bundle(&[
+            (IMAGE_STOP_SIGNAL_ANNOTATION, "SIGQUIT"),
+            (SPEC_ANNOTATION, r#"{"stopSignal": "SIGINT"}"#),
+        ]);
+        assert_eq!(
+            b.plan(None).unwrap().1.stop_signal,
+            nix::sys::signal::Signal::SIGINT
+        );
+    }
+
+    #[test]
+    fn spec_errors_name_their_origin_and_field() {
+        let b = bundle(&[(SPEC_ANNOTATION, r#"{"preStop": {"httpGet": {"port": 0}}}"#)]);
+        let message = b.plan(None).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "annotation lifecycle-shim/spec: invalid lifecycle spec:\npreStop.httpGet.port: must be 1..65535"
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! The command line: `run` and `check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::bundle::Bundle;
+use crate::run::{run, RunOptions, EXIT_BAD_INPUT, EXIT_RUNTIME_FAILURE};
+
+#[derive(Parser)]
+#[command(
+    name = "lifecycle-shim",
+    version,
+    about = "Kubernetes-style lifecycle hooks for OCI containers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a bundle in the foreground with its lifecycle hooks, like `runc run`.
+    Run {
+        /// The OCI runtime binary.
+        #[arg(long, default_value = "runc")]
+        runtime: PathBuf,
+        /// The runtime's state directory (runc's --root).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Container id [default: the bundle directory's name and the shim's pid].
+        #[arg(long)]
+        id: Option<String>,
+        /// Read the lifecycle spec from this file instead of the bundle's annotations.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        bundle: PathBuf,
+    },
+    /// Validate a bundle's lifecycle spec and print the resolved plan; nothing runs.
+    Check {
+        /// Read the lifecycle spec from this file instead of the bundle's annotations.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        bundle: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::logging::init();
+    let code = match cli.command {
+        Command::Check { spec, bundle } => check(&bundle, spec.as_deref()),
+        Command::Run {
+            runtime,
+            root,
+            id,
+            spec,
+            bundle,
+        } => {
+            let options = RunOptions {
+                bundle,
+                id,
+                runtime,
+                root,
+                spec_file: spec,
+            };
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(run(options)).unwrap_or_else(|error| {
+                    eprintln!("lifecycle-shim: error: {error}");
+                    error.exit_code()
+                }),
+                Err(error) => {
+                    eprintln!("lifecycle-shim: error: cannot start the async runtime: {error}");
+                    EXIT_RUNTIME_FAILURE
+                }
+            }
+        }
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn check(bundle: &std::path::Path, spec: Option<&std::path::Path>) -> i32 {
+    match Bundle::load(bundle).and_then(|b| b.plan(spec)) {
+        Ok((origin, plan)) => {
+            println!("source: {origin}");
+            print!("{plan}");
+            0
+        }
+        Err(error) => {
+            eprintln!("lifecycle-shim: error: {error}");
+            EXIT_BAD_INPUT
+        }
+    }
+}

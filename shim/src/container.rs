@@ -1,0 +1,139 @@
+//! A runc container as the hook engine sees it: exec through `runc exec`, connections from its
+//! network namespace, signals to its init process.
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use lifecycle_hooks::{Container, ExecOutput, ExecRequest};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::time::sleep_until;
+
+use crate::netns;
+use crate::output::HookOutput;
+use crate::runc::{Runc, RuncError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    Runc(#[from] RuncError),
+    #[error("cannot capture the hook's output: {0}")]
+    Output(#[source] io::Error),
+    #[error("cannot signal the container's init process: {0}")]
+    Signal(#[source] nix::Error),
+}
+
+pub struct RuncContainer<'a> {
+    runc: &'a Runc,
+    id: String,
+    /// Host pid of the container's init process.
+    pid: i32,
+    /// Private directory for exec pid files.
+    state: PathBuf,
+    execs: Cell<u64>,
+}
+
+impl<'a> RuncContainer<'a> {
+    pub fn new(runc: &'a Runc, id: &str, pid: i32, state: &Path) -> RuncContainer<'a> {
+        RuncContainer {
+            runc,
+            id: id.to_owned(),
+            pid,
+            state: state.to_owned(),
+            execs: Cell::new(0),
+        }
+    }
+
+    /// Starts the entrypoint of the created container.
+    pub async fn start(&self) -> Result<(), RuncError> {
+        self.runc.start(&self.id).await
+    }
+}
+
+impl Container for RuncContainer<'_> {
+    type Error = ContainerError;
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn exec(&self, request: ExecRequest<'_>) -> Result<ExecOutput, ContainerError> {
+        let n = self.execs.get() + 1;
+        self.execs.set(n);
+        let pid_file = self.state.join(format!("exec-{n}.pid"));
+        let (reader, writer) = nix::unistd::pipe().map_err(|e| ContainerError::Output(e.into()))?;
+        let mut output = HookOutput::new(reader, request.label).map_err(ContainerError::Output)?;
+        let (child, mut exit) = self.runc.exec(&self.id, &request, &pid_file, writer)?;
+        let mut guard = KillOnDrop {
+            runc: Some(child.id() as i32),
+            pid_file,
+        };
+        let mut timed_out = false;
+        let deadline = request.deadline;
+        let status = loop {
+            tokio::select! {
+                status = &mut exit => break status,
+                () = output.read_some(), if !output.is_eof() => {}
+                () = sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() && !timed_out => {
+                    timed_out = true;
+                    guard.kill();
+                }
+            }
+        };
+        guard.runc = None;
+        output.drain();
+        Ok(ExecOutput {
+            status,
+            timed_out,
+            output: output.finish(),
+        })
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+        netns::connect(self.pid, addr).await
+    }
+
+    async fn signal(&self, signal: Signal) -> Result<(), ContainerError> {
+        self.runc
+            .reaper()
+            .kill(self.pid, signal)
+            .map_err(ContainerError::Signal)
+    }
+}
+
+/// Kills a hook's process group (and the `runc exec` that started it) when the hook times out
+/// or its future is dropped before it finished.
+struct KillOnDrop {
+    /// The `runc exec` process while it runs.
+    runc: Option<i32>,
+    pid_file: PathBuf,
+}
+
+impl KillOnDrop {
+    fn kill(&mut self) {
+        // runc makes the exec'd process a session leader, so its group holds the hook and the
+        // children it did not move elsewhere.
+        if let Some(hook) = std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .filter(|&pid| pid > 1)
+        {
+            let _ = kill(Pid::from_raw(-hook), Signal::SIGKILL);
+        }
+        // Before runc wrote the pid file, the process is still in runc's own group.
+        if let Some(runc) = self.runc.filter(|&pid| pid > 1) {
+            let _ = kill(Pid::from_raw(-runc), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.runc.is_some() {
+            self.kill();
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}

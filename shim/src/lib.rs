@@ -1,0 +1,12 @@
+//! The `lifecycle-shim` binary's code: the CLI, the runc driver, the reaper and the foreground
+//! supervisor that runs a plan from the `lifecycle-hooks` library against a real container.
+
+pub mod bundle;
+pub mod cli;
+mod container;
+mod logging;
+mod netns;
+mod output;
+pub mod reaper;
+pub mod run;
+pub mod runc;

@@ -1,0 +1,18 @@
+//! Log events to stderr; `LIFECYCLE_SHIM_LOG` sets the level (error, warn, info, debug, trace).
+
+use std::io::IsTerminal;
+
+use tracing::level_filters::LevelFilter;
+
+pub fn init() {
+    let level = std::env::var("LIFECYCLE_SHIM_LOG")
+        .ok()
+        .and_then(|l| l.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::INFO);
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

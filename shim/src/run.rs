@@ -1,0 +1,231 @@
+//! `lifecycle-shim run`: one container in the foreground, like `runc run`, with its hooks.
+//!
+//! create → init containers → start → PostStart beside the entrypoint → wait; SIGTERM or SIGINT
+//! to the shim runs the stop sequence. The container is deleted on every path once created.
+
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+
+use lifecycle_hooks::{run_hook, run_init_containers, terminate, ExitStatus, Phase, Plan};
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{signal, Signal as SignalStream, SignalKind};
+
+use crate::bundle::{Bundle, BundleError};
+use crate::container::RuncContainer;
+use crate::reaper::{Exit, Reaper};
+use crate::runc::{Runc, RuncError};
+
+/// Exit status for a failure of the shim or the runtime rather than the container (as Docker's
+/// 125), so that it is not mistaken for the container's own.
+pub const EXIT_RUNTIME_FAILURE: i32 = 125;
+/// Exit status for bad input: a missing bundle, a bad config.json or spec.
+pub const EXIT_BAD_INPUT: i32 = 2;
+
+pub struct RunOptions {
+    pub bundle: PathBuf,
+    pub id: Option<String>,
+    pub runtime: PathBuf,
+    pub root: Option<PathBuf>,
+    pub spec_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Runc(#[from] RuncError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the container's init process ended with {0} before it was started")]
+    DiedBeforeStart(ExitStatus),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Bundle(_) => EXIT_BAD_INPUT,
+            _ => EXIT_RUNTIME_FAILURE,
+        }
+    }
+
+    fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> RunError {
+        move |source| RunError::Io { what, source }
+    }
+}
+
+/// Runs the bundle and returns the status `run` should exit with.
+pub async fn run(options: RunOptions) -> Result<i32, RunError> {
+    let bundle = Bundle::load(&options.bundle)?;
+    bundle.refuse_terminal()?;
+    let (origin, plan) = bundle.plan(options.spec_file.as_deref())?;
+    tracing::debug!(%origin, "lifecycle plan loaded");
+    let id = options.id.unwrap_or_else(|| default_id(&bundle.path));
+
+    let reaper = Reaper::start().map_err(RunError::io("cannot become a child subreaper"))?;
+    // Listening from here on: a stop requested while the container is being created is kept.
+    let mut stops = StopRequests::listen().map_err(RunError::io("cannot handle signals"))?;
+    let state = tempfile::Builder::new()
+        .prefix("lifecycle-shim-")
+        .tempdir()
+        .map_err(RunError::io("cannot create a state directory"))?;
+    let runc = Runc::new(options.runtime, options.root, reaper.clone());
+    let pid_file = state.path().join("init.pid");
+
+    let since = reaper.generation();
+    if let Err(error) = runc
+        .create(&id, &bundle.path, &pid_file, &state.path().join("runc.log"))
+        .await
+    {
+        // runc may have got part of the way; never touch a container that was already there.
+        if !error.id_taken() {
+            let _ = runc.delete(&id).await;
+        }
+        return Err(error.into());
+    }
+    let result = async {
+        let pid = read_pid(&pid_file)?;
+        let exit = reaper.watch(pid, since);
+        let container = RuncContainer::new(&runc, &id, pid, state.path());
+        supervise(&container, &plan, exit, &mut stops).await
+    }
+    .await;
+    if let Err(error) = runc.delete(&id).await {
+        tracing::warn!(%error, "could not delete the container");
+    }
+    result
+}
+
+async fn supervise(
+    c: &RuncContainer<'_>,
+    plan: &Plan,
+    mut exit: Exit,
+    stops: &mut StopRequests,
+) -> Result<i32, RunError> {
+    tokio::select! {
+        biased;
+        signal = stops.recv() => {
+            tracing::info!(%signal, "stop requested before the entrypoint started");
+            return Ok(128 + signal as i32);
+        }
+        status = &mut exit => return Err(RunError::DiedBeforeStart(status)),
+        result = run_init_containers(c, &plan.init_containers) => {
+            if let Err(failure) = result {
+                eprintln!("lifecycle-shim: {failure}");
+                eprintln!("lifecycle-shim: the entrypoint was not started");
+                return Ok(failure.exit_code());
+            }
+        }
+    }
+    c.start().await?;
+
+    let mut post_start = pin!(async {
+        match &plan.post_start {
+            Some(hook) => run_hook(c, Phase::PostStart, hook, None).await,
+            None => std::future::pending().await,
+        }
+    });
+    let mut stop = pin!(terminate(c, plan));
+    let (mut post_start_done, mut stopping, mut killed, mut hook_failed) =
+        (false, false, false, false);
+    loop {
+        tokio::select! {
+            status = &mut exit => {
+                let code = status.code();
+                // A failed PostStart never looks like success, even if the container's TERM
+                // handler exits 0.
+                return Ok(if hook_failed && code == 0 { 1 } else { code });
+            }
+            report = &mut post_start, if !post_start_done => {
+                post_start_done = true;
+                if report.result.is_err() {
+                    eprintln!("lifecycle-shim: {}: {report}", report.reason());
+                    hook_failed = true;
+                    stopping = true;
+                }
+            }
+            signal = stops.recv() => {
+                if stopping {
+                    tracing::info!(%signal, "already stopping; signal ignored");
+                } else {
+                    tracing::info!(%signal, "stop requested");
+                    stopping = true;
+                }
+            }
+            () = &mut stop, if stopping && !killed => killed = true,
+        }
+    }
+}
+
+/// SIGTERM and SIGINT to the shim, the requests for a graceful stop.
+struct StopRequests {
+    term: SignalStream,
+    int: SignalStream,
+}
+
+impl StopRequests {
+    fn listen() -> std::io::Result<StopRequests> {
+        Ok(StopRequests {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            Some(()) = self.term.recv() => Signal::SIGTERM,
+            Some(()) = self.int.recv() => Signal::SIGINT,
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> Result<i32, RunError> {
+    let text =
+        std::fs::read_to_string(path).map_err(RunError::io("cannot read runc's pid file"))?;
+    text.trim().parse().map_err(|_| RunError::Io {
+        what: "runc's pid file holds no pid",
+        source: std::io::ErrorKind::InvalidData.into(),
+    })
+}
+
+/// The bundle directory's name and the shim's pid: unique on this host, recognisable in
+/// `runc list`.
+fn default_id(bundle: &Path) -> String {
+    let name: String = bundle
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let name = if name.is_empty() {
+        "container".to_owned()
+    } else {
+        name
+    };
+    format!("{name}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_ids_are_safe_for_runc() {
+        let pid = std::process::id();
+        assert_eq!(
+            default_id(Path::new("/x/my bundle!")),
+            format!("my-bundle--{pid}")
+        );
+        assert_eq!(default_id(Path::new("/")), format!("container-{pid}"));
+    }
+}

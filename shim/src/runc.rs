@@ -1,0 +1,227 @@
+//! The OCI runtime driver: runc's command line (create, start, exec, delete), each invocation
+//! spawned through the [`Reaper`] in its own process group, so a terminal's Ctrl-C reaches only
+//! the shim and a timed-out exec can be killed as a group.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use lifecycle_hooks::{ExecRequest, ExitStatus};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+
+use crate::reaper::{Exit, Reaper};
+
+/// How much of runc's stderr is kept for an error message.
+const MAX_MESSAGE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuncError {
+    #[error("cannot run the OCI runtime {binary:?}: {source}")]
+    Spawn { binary: PathBuf, source: io::Error },
+    #[error("{binary:?} {action} {id} failed with {status}: {message}")]
+    Failed {
+        binary: PathBuf,
+        action: &'static str,
+        id: String,
+        status: ExitStatus,
+        message: String,
+    },
+}
+
+impl RuncError {
+    /// True when runc refused to create the container because the id is taken: that container
+    /// is someone else's and must not be cleaned up.
+    pub fn id_taken(&self) -> bool {
+        matches!(self, RuncError::Failed { message, .. } if message.contains("already exists") || message.contains("id exists"))
+    }
+}
+
+pub struct Runc {
+    binary: PathBuf,
+    root: Option<PathBuf>,
+    reaper: Reaper,
+}
+
+impl Runc {
+    pub fn new(binary: PathBuf, root: Option<PathBuf>, reaper: Reaper) -> Runc {
+        Runc {
+            binary,
+            root,
+            reaper,
+        }
+    }
+
+    pub fn reaper(&self) -> &Reaper {
+        &self.reaper
+    }
+
+    /// Creates the container. Its stdio is ours, as with `runc run`; runc's own errors are
+    /// logged as JSON to `log` so they can be reported.
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        log: &Path,
+    ) -> Result<(), RuncError> {
+        let mut cmd = self.command();
+        cmd.arg("--log")
+            .arg(log)
+            .args(["--log-format", "json", "create", "--bundle"])
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id);
+        let (_, exit) = self.spawn(&mut cmd)?;
+        let status = exit.await;
+        if status.success() {
+            return Ok(());
+        }
+        let message = std::fs::read_to_string(log)
+            .map(|text| last_error(&text))
+            .unwrap_or_default();
+        Err(self.failed("create", id, status, message))
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), RuncError> {
+        self.simple("start", id, &["start", id]).await
+    }
+
+    /// Deletes the container, killing whatever is left in it.
+    pub async fn delete(&self, id: &str) -> Result<(), RuncError> {
+        self.simple("delete", id, &["delete", "--force", id]).await
+    }
+
+    /// Starts `runc exec` for a hook; its stdout and stderr (and runc's errors) go to `output`.
+    pub fn exec(
+        &self,
+        id: &str,
+        request: &ExecRequest<'_>,
+        pid_file: &Path,
+        output: OwnedFd,
+    ) -> Result<(Child, Exit), RuncError> {
+        let mut cmd = self.command();
+        cmd.arg("exec").arg("--pid-file").arg(pid_file);
+        if let Some(dir) = request.working_dir {
+            cmd.args(["--cwd", dir]);
+        }
+        for (name, value) in request.env {
+            cmd.arg("--env").arg(format!("{name}={value}"));
+        }
+        cmd.arg(id).args(request.argv);
+        let stderr = output
+            .try_clone()
+            .map_err(|source| self.spawn_error(source))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(output))
+            .stderr(Stdio::from(stderr));
+        // `cmd` holds the write ends until it is dropped at the end of this function, so the
+        // reader sees EOF once the hook and its children are done.
+        self.spawn(&mut cmd)
+    }
+
+    async fn simple(&self, action: &'static str, id: &str, args: &[&str]) -> Result<(), RuncError> {
+        let mut cmd = self.command();
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let (mut child, exit) = self.spawn(&mut cmd)?;
+        let mut message = Vec::new();
+        if let Some(stderr) = child.stderr.take() {
+            let fd = OwnedFd::from(stderr);
+            if let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) {
+                let _ = (&mut rx)
+                    .take(MAX_MESSAGE as u64)
+                    .read_to_end(&mut message)
+                    .await;
+            }
+        }
+        let status = exit.await;
+        if status.success() {
+            return Ok(());
+        }
+        let message = String::from_utf8_lossy(&message).trim().to_owned();
+        Err(self.failed(action, id, status, message))
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        if let Some(root) = &self.root {
+            cmd.arg("--root").arg(root);
+        }
+        cmd.process_group(0);
+        cmd
+    }
+
+    fn spawn(&self, cmd: &mut Command) -> Result<(Child, Exit), RuncError> {
+        self.reaper
+            .spawn(cmd)
+            .map_err(|source| self.spawn_error(source))
+    }
+
+    fn spawn_error(&self, source: io::Error) -> RuncError {
+        RuncError::Spawn {
+            binary: self.binary.clone(),
+            source,
+        }
+    }
+
+    fn failed(
+        &self,
+        action: &'static str,
+        id: &str,
+        status: ExitStatus,
+        message: String,
+    ) -> RuncError {
+        RuncError::Failed {
+            binary: self.binary.clone(),
+            action,
+            id: id.to_owned(),
+            status,
+            message,
+        }
+    }
+}
+
+/// The last error message in runc's JSON log, or its last line.
+fn last_error(log: &str) -> String {
+    let mut last = "";
+    for line in log.lines() {
+        if let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) {
+            if entry["level"] == "error" || entry["level"] == "fatal" {
+                if let Some(msg) = entry["msg"].as_str() {
+                    return trim(msg);
+                }
+            }
+        }
+        last = line;
+    }
+    trim(last)
+}
+
+fn trim(message: &str) -> String {
+    let message = message.trim();
+    let end = message.floor_char_boundary(MAX_MESSAGE);
+    message[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runc_log_errors_are_found() {
+        let log = r#"{"level":"warning","msg":"something","time":"x"}
+{"level":"error","msg":"runc create failed: unable to start container process: exec: \"nope\": executable file not found in $PATH","time":"x"}
+"#;
+        assert_eq!(
+            last_error(log),
+            "runc create failed: unable to start container process: exec: \"nope\": executable file not found in $PATH"
+        );
+        assert_eq!(last_error("plain text\nlast line\n"), "last line");
+    }
+}
