@@ -1,0 +1,317 @@
+//! Helpers for the suites: busybox bundles, the shim under test, waiting on marker files, and
+//! checks that nothing was left behind.
+
+#![allow(dead_code)] // each suite uses its own part of the helpers
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const SHIM: &str = env!("CARGO_BIN_EXE_lifecycle-shim");
+const BUSYBOX: &str = "/bin/busybox";
+
+/// Whether the machine can run containers; under `CI=true` a missing prerequisite fails the
+/// test instead of skipping it.
+pub fn prerequisites() -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root".to_owned());
+    }
+    for tool in ["runc", BUSYBOX] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            missing.push(tool.to_owned());
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!("needs {} (scripts/test installs them)", missing.join(", "));
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{message}");
+    }
+    eprintln!("skipping: {message}");
+    false
+}
+
+/// A busybox bundle in a temporary directory, with a host directory bind-mounted at
+/// `/markers` so the test can see what the container and its hooks wrote.
+pub struct TestBundle {
+    pub dir: tempfile::TempDir,
+    pub id: String,
+    pub config: Value,
+}
+
+impl TestBundle {
+    /// `script` is the entrypoint, run by `sh -c`.
+    pub fn new(script: &str) -> TestBundle {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = tempfile::Builder::new()
+            .prefix("lcs-test-")
+            .tempdir()
+            .unwrap();
+        let id = format!(
+            "lcs-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let rootfs = dir.path().join("bundle/rootfs");
+        make_busybox_rootfs(&rootfs);
+        fs::create_dir_all(dir.path().join("markers")).unwrap();
+        fs::create_dir_all(dir.path().join("root")).unwrap();
+        let status = Command::new("runc")
+            .args(["spec", "--bundle"])
+            .arg(dir.path().join("bundle"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "runc spec failed");
+        let mut config: Value =
+            serde_json::from_slice(&fs::read(dir.path().join("bundle/config.json")).unwrap())
+                .unwrap();
+        config["process"]["terminal"] = json!(false);
+        config["process"]["args"] = json!(["sh", "-c", script]);
+        config["root"]["readonly"] = json!(false);
+        config["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/markers",
+            "type": "bind",
+            "source": dir.path().join("markers"),
+            "options": ["rbind", "rw"]
+        }));
+        let bundle = TestBundle { dir, id, config };
+        bundle.save();
+        bundle
+    }
+
+    pub fn with_spec(mut self, spec: Value) -> TestBundle {
+        self.annotate("lifecycle-shim/spec", &spec.to_string());
+        self
+    }
+
+    pub fn annotate(&mut self, key: &str, value: &str) {
+        if self.config["annotations"].is_null() {
+            self.config["annotations"] = json!({});
+        }
+        self.config["annotations"][key] = json!(value);
+        self.save();
+    }
+
+    /// Writes an executable file into the rootfs, e.g. a CGI script for busybox httpd.
+    pub fn add_script(&self, path: &str, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let file = self.rootfs().join(path.trim_start_matches('/'));
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        fs::write(&file, body).unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    pub fn save(&self) {
+        fs::write(
+            self.path().join("config.json"),
+            serde_json::to_vec_pretty(&self.config).unwrap(),
+        )
+        .unwrap();
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("bundle")
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.path().join("rootfs")
+    }
+
+    pub fn runc_root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn marker(&self, name: &str) -> PathBuf {
+        self.dir.path().join("markers").join(name)
+    }
+
+    /// Lines of a marker file, empty if it does not exist.
+    pub fn lines(&self, name: &str) -> Vec<String> {
+        fs::read_to_string(self.marker(name))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Starts `lifecycle-shim run` on this bundle, with a private runc root.
+    pub fn spawn(&self, extra: &[&str]) -> Shim {
+        let stderr = self.dir.path().join("shim.stderr");
+        let stdout = self.dir.path().join("shim.stdout");
+        let child = Command::new(SHIM)
+            .arg("run")
+            .arg("--root")
+            .arg(self.runc_root())
+            .args(["--id", &self.id])
+            .args(extra)
+            .arg(self.path())
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Shim {
+            child,
+            stderr,
+            stdout,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs the shim to completion.
+    pub fn run(&self) -> Finished {
+        self.spawn(&[]).wait()
+    }
+
+    /// Nothing of the container is left: no runc container under its root, and no process
+    /// whose root directory is the bundle's rootfs.
+    pub fn assert_clean(&self) {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(self.runc_root())
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        let list = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            list.trim().is_empty(),
+            "runc containers left behind: {list}"
+        );
+        let leftovers = processes_rooted_at(&self.rootfs());
+        assert!(
+            leftovers.is_empty(),
+            "processes left in the container: {leftovers:?}"
+        );
+    }
+}
+
+/// Copies busybox and links its applets, skipping `busybox` itself so the link does not
+/// overwrite the binary.
+pub fn make_busybox_rootfs(rootfs: &Path) {
+    let bin = rootfs.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    for dir in ["proc", "dev", "sys", "tmp", "etc", "www/cgi-bin"] {
+        fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    fs::copy(BUSYBOX, bin.join("busybox")).unwrap();
+    let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            symlink("busybox", bin.join(applet)).unwrap();
+        }
+    }
+    fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+}
+
+fn processes_rooted_at(rootfs: &Path) -> Vec<String> {
+    let rootfs = fs::canonicalize(rootfs).unwrap();
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if fs::read_link(entry.path().join("root")).is_ok_and(|root| root == rootfs) {
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push(format!(
+                "{name}: {}",
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
+        }
+    }
+    found
+}
+
+pub struct Shim {
+    pub child: Child,
+    stderr: PathBuf,
+    stdout: PathBuf,
+    pub started: Instant,
+}
+
+/// How long any test waits for anything before failing: generous, since a slow machine must
+/// not fail a correct shim, and a hang must still end.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+impl Shim {
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    pub fn wait(mut self) -> Finished {
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "the shim did not finish within {PATIENCE:?}; stderr:\n{}",
+                    fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Finished {
+            status,
+            elapsed: self.started.elapsed(),
+            stderr: fs::read_to_string(&self.stderr).unwrap_or_default(),
+            stdout: fs::read_to_string(&self.stdout).unwrap_or_default(),
+        }
+    }
+}
+
+pub struct Finished {
+    pub status: ExitStatus,
+    pub elapsed: Duration,
+    pub stderr: String,
+    pub stdout: String,
+}
+
+impl Finished {
+    pub fn code(&self) -> i32 {
+        self.status.code().expect("the shim was killed by a signal")
+    }
+
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(self.status.code(), Some(code), "stderr:\n{}", self.stderr);
+    }
+
+    #[track_caller]
+    pub fn assert_stderr_has(&self, text: &str) {
+        assert!(
+            self.stderr.contains(text),
+            "stderr lacks {text:?}:\n{}",
+            self.stderr
+        );
+    }
+}
+
+/// Waits until `path` exists and holds a line equal to `line` (any line if `None`).
+#[track_caller]
+pub fn wait_for_line(path: &Path, line: Option<&str>) -> Instant {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok(text) = fs::read_to_string(path) {
+            if line.map_or(!text.is_empty(), |l| text.lines().any(|x| x == l)) {
+                return Instant::now();
+            }
+        }
+        assert!(Instant::now() < deadline, "{path:?} never held {line:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
