@@ -102,6 +102,11 @@ pub trait Container {
     /// Opens a TCP connection from inside the container's network namespace.
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>>;
 
+    /// True once the container's init process has begun to exit. A hook that fails after this
+    /// was cut short by the container's end (the kernel kills every process of a PID namespace
+    /// whose init exits), which is not a hook failure.
+    fn has_exited(&self) -> bool;
+
     /// Sends a signal to the container's init process.
     fn signal(&self, signal: Signal) -> impl Future<Output = Result<(), Self::Error>>;
 }

@@ -28,6 +28,8 @@ pub enum HookFailure {
     Http(#[from] HttpError),
     #[error("could not be started: {0}")]
     Runtime(Box<dyn std::error::Error + Send + Sync>),
+    #[error("cut short: the container exited while it ran")]
+    ContainerExited,
 }
 
 /// The outcome of one handler run: what the engine logs and callers show.
@@ -46,6 +48,12 @@ pub struct HookReport {
 }
 
 impl HookReport {
+    /// True when the handler failed; false when it succeeded or was cut short by the container
+    /// exiting, which calls for no action.
+    pub fn failed(&self) -> bool {
+        !matches!(self.result, Ok(()) | Err(HookFailure::ContainerExited))
+    }
+
     /// The Kubernetes event reason for this failure, e.g. `FailedPostStartHook`.
     pub fn reason(&self) -> &'static str {
         match self.phase {
@@ -60,6 +68,14 @@ impl HookReport {
         let duration_ms = self.elapsed.as_millis() as u64;
         let name = self.name.as_deref();
         match &self.result {
+            Err(HookFailure::ContainerExited) => tracing::info!(
+                phase,
+                name,
+                handler = self.handler,
+                duration_ms,
+                outcome = "cancelled",
+                "hook cut short by the container's exit"
+            ),
             Ok(()) => tracing::info!(
                 phase,
                 name,
@@ -158,7 +174,7 @@ pub async fn run_hook<C: Container>(
             report
         }
     };
-    finish(report, start)
+    finish(c, report, start)
 }
 
 /// Why the init containers did not all succeed.
@@ -195,7 +211,11 @@ pub async fn run_init_containers<C: Container>(
             working_dir: init.working_dir.as_deref(),
             deadline: init.timeout.map(|t| start + t),
         };
-        let report = finish(exec(c, Phase::Init, Some(&init.name), request).await, start);
+        let report = finish(
+            c,
+            exec(c, Phase::Init, Some(&init.name), request).await,
+            start,
+        );
         if report.result.is_err() {
             return Err(InitFailure { report });
         }
@@ -269,8 +289,11 @@ fn report(phase: Phase, name: Option<&str>, handler: &'static str, start: Instan
     }
 }
 
-fn finish(mut report: HookReport, start: Instant) -> HookReport {
+fn finish<C: Container>(c: &C, mut report: HookReport, start: Instant) -> HookReport {
     report.elapsed = start.elapsed();
+    if report.result.is_err() && c.has_exited() {
+        report.result = Err(HookFailure::ContainerExited);
+    }
     report.log();
     report
 }

@@ -20,6 +20,7 @@ struct Fake {
     events: RefCell<Vec<(u64, String)>>,
     /// Where `connect` goes, whatever address is asked for.
     server: Option<SocketAddr>,
+    exited: bool,
 }
 
 impl Fake {
@@ -28,6 +29,7 @@ impl Fake {
             start: Instant::now(),
             events: RefCell::new(Vec::new()),
             server: None,
+            exited: false,
         }
     }
 
@@ -92,6 +94,10 @@ impl Container for Fake {
 
     async fn connect(&self, _addr: SocketAddr) -> io::Result<TcpStream> {
         TcpStream::connect(self.server.expect("no server")).await
+    }
+
+    fn has_exited(&self) -> bool {
+        self.exited
     }
 
     async fn signal(&self, signal: Signal) -> Result<(), FakeError> {
@@ -295,6 +301,37 @@ async fn failed_poststart_is_reported_with_its_reason_and_output() {
         report.result,
         Err(HookFailure::Exited(ExitStatus::Exited(3)))
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hook_cut_short_by_the_container_exit_is_not_a_failure() {
+    let fake = Fake {
+        exited: true,
+        ..Fake::new()
+    };
+    let p = plan(r#"{"postStart": {"exec": {"command": ["fail"]}}}"#);
+    let report = run_hook(
+        &fake,
+        Phase::PostStart,
+        p.post_start.as_ref().unwrap(),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(report.result, Err(HookFailure::ContainerExited)),
+        "{report}"
+    );
+    assert!(!report.failed());
+
+    let alive = Fake::new();
+    let report = run_hook(
+        &alive,
+        Phase::PostStart,
+        p.post_start.as_ref().unwrap(),
+        None,
+    )
+    .await;
+    assert!(report.failed());
 }
 
 /// Serves each connection with the next canned response, recording request heads.

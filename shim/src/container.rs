@@ -25,22 +25,40 @@ pub enum ContainerError {
     Signal(#[source] nix::Error),
 }
 
+/// Where the container's signals are sent, which depends on how it was started.
+#[derive(Debug, Clone, Copy)]
+pub enum SignalRoute {
+    /// After `runc create` we are the init process's parent (as subreaper): signal it directly.
+    Init,
+    /// `runc run` is our child and the init's parent. It forwards the signals it gets; SIGKILL,
+    /// which it cannot catch, goes through `runc kill`.
+    Runc { pid: i32 },
+}
+
 pub struct RuncContainer<'a> {
     runc: &'a Runc,
     id: String,
     /// Host pid of the container's init process.
     pid: i32,
+    route: SignalRoute,
     /// Private directory for exec pid files.
     state: PathBuf,
     execs: Cell<u64>,
 }
 
 impl<'a> RuncContainer<'a> {
-    pub fn new(runc: &'a Runc, id: &str, pid: i32, state: &Path) -> RuncContainer<'a> {
+    pub fn new(
+        runc: &'a Runc,
+        id: &str,
+        pid: i32,
+        route: SignalRoute,
+        state: &Path,
+    ) -> RuncContainer<'a> {
         RuncContainer {
             runc,
             id: id.to_owned(),
             pid,
+            route,
             state: state.to_owned(),
             execs: Cell::new(0),
         }
@@ -95,12 +113,39 @@ impl Container for RuncContainer<'_> {
         netns::connect(self.pid, addr).await
     }
 
-    async fn signal(&self, signal: Signal) -> Result<(), ContainerError> {
-        self.runc
-            .reaper()
-            .kill(self.pid, signal)
-            .map_err(ContainerError::Signal)
+    fn has_exited(&self) -> bool {
+        init_is_exiting(self.pid)
     }
+
+    async fn signal(&self, signal: Signal) -> Result<(), ContainerError> {
+        let reaper = self.runc.reaper();
+        match self.route {
+            SignalRoute::Init => reaper.kill(self.pid, signal),
+            SignalRoute::Runc { .. } if signal == Signal::SIGKILL => {
+                return Ok(self.runc.kill(&self.id, signal).await?);
+            }
+            SignalRoute::Runc { pid } => reaper.kill(pid, signal),
+        }
+        .map_err(ContainerError::Signal)
+    }
+}
+
+/// The kernel's PF_EXITING task flag (include/linux/sched.h), set as soon as a process begins to
+/// exit and before a PID namespace's other processes are killed.
+const PF_EXITING: u64 = 0x4;
+
+/// Whether `pid` is exiting, a zombie, or gone, from `/proc/PID/stat`.
+fn init_is_exiting(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // Fields after the command name, which is in parentheses and may contain anything.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let state = fields.first().copied().unwrap_or("X");
+    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+    matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
 }
 
 /// Kills a hook's process group (and the `runc exec` that started it) when the hook times out
@@ -135,5 +180,27 @@ impl Drop for KillOnDrop {
             self.kill();
         }
         let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exiting_is_read_from_proc() {
+        assert!(!init_is_exiting(std::process::id() as i32));
+        assert!(init_is_exiting(i32::MAX));
+        // A child that has exited but is not reaped yet is a zombie.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap()
+            .contains(") Z")
+        {
+            std::thread::yield_now();
+        }
+        assert!(init_is_exiting(pid));
+        child.wait().unwrap();
     }
 }

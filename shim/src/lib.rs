@@ -7,6 +7,7 @@ mod container;
 mod logging;
 mod netns;
 mod output;
+mod pidfile;
 pub mod reaper;
 pub mod run;
 pub mod runc;

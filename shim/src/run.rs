@@ -11,7 +11,8 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, Signal as SignalStream, SignalKind};
 
 use crate::bundle::{Bundle, BundleError};
-use crate::container::RuncContainer;
+use crate::container::{RuncContainer, SignalRoute};
+use crate::pidfile::{read_pid, PidFileWatch, Started};
 use crate::reaper::{Exit, Reaper};
 use crate::runc::{Runc, RuncError};
 
@@ -72,56 +73,151 @@ pub async fn run(options: RunOptions) -> Result<i32, RunError> {
         .prefix("lifecycle-shim-")
         .tempdir()
         .map_err(RunError::io("cannot create a state directory"))?;
-    let runc = Runc::new(options.runtime, options.root, reaper.clone());
-    let pid_file = state.path().join("init.pid");
-
-    let since = reaper.generation();
-    if let Err(error) = runc
-        .create(&id, &bundle.path, &pid_file, &state.path().join("runc.log"))
-        .await
-    {
-        // runc may have got part of the way; never touch a container that was already there.
-        if !error.id_taken() {
-            let _ = runc.delete(&id).await;
-        }
-        return Err(error.into());
+    let launch = Launch {
+        runc: Runc::new(options.runtime, options.root, reaper),
+        id,
+        bundle: bundle.path,
+        state: state.path().to_owned(),
+    };
+    if plan.init_containers.is_empty() {
+        launch.foreground(&plan, &mut stops).await
+    } else {
+        launch.created(&plan, &mut stops).await
     }
-    let result = async {
-        let pid = read_pid(&pid_file)?;
-        let exit = reaper.watch(pid, since);
-        let container = RuncContainer::new(&runc, &id, pid, state.path());
-        supervise(&container, &plan, exit, &mut stops).await
-    }
-    .await;
-    if let Err(error) = runc.delete(&id).await {
-        tracing::warn!(%error, "could not delete the container");
-    }
-    result
 }
 
+struct Launch {
+    runc: Runc,
+    id: String,
+    bundle: PathBuf,
+    /// Private directory for pid files and runc's log.
+    state: PathBuf,
+}
+
+impl Launch {
+    /// Without init containers: one `runc run` in the foreground, which creates, starts, waits
+    /// for and deletes the container, as fast as plain `runc run`.
+    async fn foreground(&self, plan: &Plan, stops: &mut StopRequests) -> Result<i32, RunError> {
+        let pid_file = self.state.join("init.pid");
+        let log = self.state.join("runc.log");
+        let mut watch = PidFileWatch::new(&self.state)
+            .map_err(RunError::io("cannot watch for runc's pid file"))?;
+        let (child, mut exit) = self.runc.run(&self.id, &self.bundle, &pid_file, &log)?;
+        let route = SignalRoute::Runc {
+            pid: child.id() as i32,
+        };
+        let outcome = match watch.wait(&pid_file, &mut exit).await {
+            Started::Exited(status) => Outcome::plain(status),
+            Started::Running(pid) => {
+                let container = RuncContainer::new(&self.runc, &self.id, pid, route, &self.state);
+                supervise(&container, plan, exit, stops).await
+            }
+        };
+        if let ExitStatus::Signaled(_) = outcome.status {
+            // runc itself was killed and could not clean up.
+            self.delete().await;
+        }
+        if let Some(error) = self
+            .runc
+            .logged_failure("run", &self.id, outcome.status, &log)
+        {
+            return Err(error.into());
+        }
+        Ok(outcome.code())
+    }
+
+    /// With init containers: `runc create`, the init containers through `runc exec` in the
+    /// created container, then `runc start`; the container is deleted on every path.
+    async fn created(&self, plan: &Plan, stops: &mut StopRequests) -> Result<i32, RunError> {
+        let pid_file = self.state.join("init.pid");
+        let reaper = self.runc.reaper();
+        let since = reaper.generation();
+        if let Err(error) = self
+            .runc
+            .create(
+                &self.id,
+                &self.bundle,
+                &pid_file,
+                &self.state.join("runc.log"),
+            )
+            .await
+        {
+            // runc may have got part of the way; never touch a container that was already there.
+            if !error.id_taken() {
+                self.delete().await;
+            }
+            return Err(error.into());
+        }
+        let result = async {
+            let pid = read_pid(&pid_file).ok_or(RunError::Io {
+                what: "runc's pid file holds no pid",
+                source: std::io::ErrorKind::InvalidData.into(),
+            })?;
+            let mut exit = reaper.watch(pid, since);
+            let container =
+                RuncContainer::new(&self.runc, &self.id, pid, SignalRoute::Init, &self.state);
+            tokio::select! {
+                biased;
+                signal = stops.recv() => {
+                    tracing::info!(%signal, "stop requested before the entrypoint started");
+                    return Ok(128 + signal as i32);
+                }
+                status = &mut exit => return Err(RunError::DiedBeforeStart(status)),
+                result = run_init_containers(&container, &plan.init_containers) => {
+                    if let Err(failure) = result {
+                        eprintln!("lifecycle-shim: {failure}");
+                        eprintln!("lifecycle-shim: the entrypoint was not started");
+                        return Ok(failure.exit_code());
+                    }
+                }
+            }
+            container.start().await?;
+            Ok(supervise(&container, plan, exit, stops).await.code())
+        }
+        .await;
+        self.delete().await;
+        result
+    }
+
+    async fn delete(&self) {
+        if let Err(error) = self.runc.delete(&self.id).await {
+            tracing::warn!(%error, "could not delete the container");
+        }
+    }
+}
+
+/// How the entrypoint ended, and whether a failed PostStart ended it.
+struct Outcome {
+    status: ExitStatus,
+    hook_failed: bool,
+}
+
+impl Outcome {
+    fn plain(status: ExitStatus) -> Outcome {
+        Outcome {
+            status,
+            hook_failed: false,
+        }
+    }
+
+    /// A failed PostStart never looks like success, even if the container's stop handler
+    /// exits 0.
+    fn code(&self) -> i32 {
+        match self.status.code() {
+            0 if self.hook_failed => 1,
+            code => code,
+        }
+    }
+}
+
+/// The started container's life: PostStart beside the entrypoint, the stop sequence on request
+/// or when PostStart fails, until the entrypoint exits (which cancels any hook still running).
 async fn supervise(
     c: &RuncContainer<'_>,
     plan: &Plan,
     mut exit: Exit,
     stops: &mut StopRequests,
-) -> Result<i32, RunError> {
-    tokio::select! {
-        biased;
-        signal = stops.recv() => {
-            tracing::info!(%signal, "stop requested before the entrypoint started");
-            return Ok(128 + signal as i32);
-        }
-        status = &mut exit => return Err(RunError::DiedBeforeStart(status)),
-        result = run_init_containers(c, &plan.init_containers) => {
-            if let Err(failure) = result {
-                eprintln!("lifecycle-shim: {failure}");
-                eprintln!("lifecycle-shim: the entrypoint was not started");
-                return Ok(failure.exit_code());
-            }
-        }
-    }
-    c.start().await?;
-
+) -> Outcome {
     let mut post_start = pin!(async {
         match &plan.post_start {
             Some(hook) => run_hook(c, Phase::PostStart, hook, None).await,
@@ -133,15 +229,10 @@ async fn supervise(
         (false, false, false, false);
     loop {
         tokio::select! {
-            status = &mut exit => {
-                let code = status.code();
-                // A failed PostStart never looks like success, even if the container's TERM
-                // handler exits 0.
-                return Ok(if hook_failed && code == 0 { 1 } else { code });
-            }
+            status = &mut exit => return Outcome { status, hook_failed },
             report = &mut post_start, if !post_start_done => {
                 post_start_done = true;
-                if report.result.is_err() {
+                if report.failed() {
                     eprintln!("lifecycle-shim: {}: {report}", report.reason());
                     hook_failed = true;
                     stopping = true;
@@ -180,15 +271,6 @@ impl StopRequests {
             Some(()) = self.int.recv() => Signal::SIGINT,
         }
     }
-}
-
-fn read_pid(path: &Path) -> Result<i32, RunError> {
-    let text =
-        std::fs::read_to_string(path).map_err(RunError::io("cannot read runc's pid file"))?;
-    text.trim().parse().map_err(|_| RunError::Io {
-        what: "runc's pid file holds no pid",
-        source: std::io::ErrorKind::InvalidData.into(),
-    })
 }
 
 /// The bundle directory's name and the shim's pid: unique on this host, recognisable in

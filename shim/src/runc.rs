@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use lifecycle_hooks::{ExecRequest, ExitStatus};
+use nix::sys::signal::Signal;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
@@ -80,14 +81,50 @@ impl Runc {
         if status.success() {
             return Ok(());
         }
-        let message = std::fs::read_to_string(log)
-            .map(|text| last_error(&text))
-            .unwrap_or_default();
-        Err(self.failed("create", id, status, message))
+        Err(self
+            .logged_failure("create", id, status, log)
+            .unwrap_or_else(|| self.failed("create", id, status, "runc logged no error".into())))
+    }
+
+    /// Starts `runc run` in the foreground: it creates and starts the container, forwards the
+    /// signals it receives to it, exits with its status and deletes it.
+    pub fn run(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        log: &Path,
+    ) -> Result<(Child, Exit), RuncError> {
+        let mut cmd = self.command();
+        cmd.arg("--log")
+            .arg(log)
+            .args(["--log-format", "json", "run", "--bundle"])
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id);
+        self.spawn(&mut cmd)
+    }
+
+    /// runc's own error from a `--log` file, if it logged one.
+    pub fn logged_failure(
+        &self,
+        action: &'static str,
+        id: &str,
+        status: ExitStatus,
+        log: &Path,
+    ) -> Option<RuncError> {
+        let text = std::fs::read_to_string(log).ok()?;
+        Some(self.failed(action, id, status, logged_error(&text)?))
     }
 
     pub async fn start(&self, id: &str) -> Result<(), RuncError> {
         self.simple("start", id, &["start", id]).await
+    }
+
+    pub async fn kill(&self, id: &str, signal: Signal) -> Result<(), RuncError> {
+        self.simple("kill", id, &["kill", id, signal.as_str()])
+            .await
     }
 
     /// Deletes the container, killing whatever is left in it.
@@ -187,20 +224,15 @@ impl Runc {
     }
 }
 
-/// The last error message in runc's JSON log, or its last line.
-fn last_error(log: &str) -> String {
-    let mut last = "";
-    for line in log.lines() {
-        if let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) {
-            if entry["level"] == "error" || entry["level"] == "fatal" {
-                if let Some(msg) = entry["msg"].as_str() {
-                    return trim(msg);
-                }
-            }
-        }
-        last = line;
-    }
-    trim(last)
+/// The first error message in runc's JSON log.
+fn logged_error(log: &str) -> Option<String> {
+    log.lines().find_map(|line| {
+        let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+        let level = entry["level"].as_str()?;
+        (level == "error" || level == "fatal")
+            .then(|| entry["msg"].as_str().map(trim))
+            .flatten()
+    })
 }
 
 fn trim(message: &str) -> String {
@@ -219,9 +251,12 @@ mod tests {
 {"level":"error","msg":"runc create failed: unable to start container process: exec: \"nope\": executable file not found in $PATH","time":"x"}
 "#;
         assert_eq!(
-            last_error(log),
-            "runc create failed: unable to start container process: exec: \"nope\": executable file not found in $PATH"
+            logged_error(log).as_deref(),
+            Some("runc create failed: unable to start container process: exec: \"nope\": executable file not found in $PATH")
         );
-        assert_eq!(last_error("plain text\nlast line\n"), "last line");
+        assert_eq!(
+            logged_error("{\"level\":\"warning\",\"msg\":\"x\"}\nplain text\n"),
+            None
+        );
     }
 }
