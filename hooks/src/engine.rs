@@ -65,7 +65,8 @@ impl HookReport {
 
     fn log(&self) {
         let phase = self.phase.as_str();
-        let duration_ms = self.elapsed.as_millis() as u64;
+        // Milliseconds with microsecond precision: most hooks take well under a millisecond.
+        let duration_ms = (self.elapsed.as_secs_f64() * 1e6).round() / 1e3;
         let name = self.name.as_deref();
         match &self.result {
             Err(HookFailure::ContainerExited) => tracing::info!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::json;
-use support::{prerequisites, wait_for_line, TestBundle, SHIM};
+use support::{container_pid, https_server_in, prerequisites, wait_for_line, TestBundle, SHIM};
 
 /// The entrypoint most stop tests use: records the stop signal, says it is up, then idles.
 const WAIT_FOR_TERM: &str =
@@ -70,6 +70,56 @@ fn poststart_http_get_reaches_a_server_on_the_container_loopback() {
     assert_eq!(bundle.lines("order"), ["poststart-http boot"]);
     done.assert_stderr_has("phase=\"postStart\" handler=\"httpGet\"");
     done.assert_stderr_has("http_status=200");
+    bundle.assert_clean();
+}
+
+#[test]
+fn poststart_https_get_skips_certificate_checks() {
+    if !prerequisites() {
+        return;
+    }
+    // The init container holds the start until the test's HTTPS server listens inside the
+    // container's network namespace.
+    let bundle = TestBundle::new("while [ ! -s /markers/order ]; do sleep 0.05; done").with_spec(json!({
+        "initContainers": [{"name": "hold", "command": ["sh", "-c",
+            "echo waiting > /markers/waiting; while [ ! -f /markers/go ]; do sleep 0.05; done"]}],
+        "postStart": {"httpGet": {"port": 8443, "scheme": "HTTPS", "path": "/started"}}
+    }));
+    let shim = bundle.spawn(&[]);
+    wait_for_line(&bundle.marker("waiting"), Some("waiting"));
+    let server = https_server_in(container_pid(&bundle), 8443, "poststart-https", &bundle);
+    std::fs::write(bundle.marker("go"), "").unwrap();
+    let head = server.join().unwrap();
+    let done = shim.wait();
+    done.assert_code(0);
+    assert!(head.starts_with("GET /started HTTP/1.1\r\n"), "{head}");
+    assert_eq!(bundle.lines("order"), ["poststart-https"]);
+    done.assert_stderr_has("http_status=200");
+    bundle.assert_clean();
+}
+
+#[test]
+fn prestop_https_get_finishes_before_the_container_gets_sigterm() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle = TestBundle::new(WAIT_FOR_TERM).with_spec(json!({
+        "preStop": {"httpGet": {"port": 8443, "scheme": "HTTPS", "path": "/drain",
+                    "httpHeaders": [{"name": "X-Reason", "value": "stop"}]}}
+    }));
+    let shim = bundle.spawn(&[]);
+    wait_for_line(&bundle.marker("up"), Some("up"));
+    let server = https_server_in(container_pid(&bundle), 8443, "prestop-https", &bundle);
+    shim.signal(Signal::SIGTERM);
+    let head = server.join().unwrap();
+    let done = shim.wait();
+    done.assert_code(0);
+    assert!(head.starts_with("GET /drain HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-reason: stop"),
+        "{head}"
+    );
+    assert_eq!(bundle.lines("order"), ["prestop-https", "term"]);
     bundle.assert_clean();
 }
 

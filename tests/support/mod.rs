@@ -315,3 +315,76 @@ pub fn wait_for_line(path: &Path, line: Option<&str>) -> Instant {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Host pid of a container's init process, from `runc state`.
+pub fn container_pid(bundle: &TestBundle) -> i32 {
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(bundle.runc_root())
+        .args(["state", &bundle.id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "runc state: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: Value = serde_json::from_slice(&out.stdout).unwrap();
+    state["pid"].as_i64().unwrap() as i32
+}
+
+/// Serves one HTTPS request with a self-signed certificate on 127.0.0.1:`port` inside the
+/// network namespace of process `pid` (the container's loopback, unreachable from the host).
+/// Before answering 200 it appends `marker` to the bundle's `order` marker file. Returns once
+/// listening; the handle yields the request head.
+pub fn https_server_in(
+    pid: i32,
+    port: u16,
+    marker: &str,
+    bundle: &TestBundle,
+) -> std::thread::JoinHandle<String> {
+    use std::io::{Read, Write};
+    let order = bundle.marker("order");
+    let marker = marker.to_owned();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let ns = fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        ready_tx.send(()).unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+        let (tcp, _) = listener.accept().unwrap();
+        let conn = rustls::ServerConnection::new(std::sync::Arc::new(config)).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tls.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(order)
+            .unwrap();
+        writeln!(file, "{marker}").unwrap();
+        tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            .unwrap();
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    ready_rx
+        .recv()
+        .expect("the HTTPS server thread failed before listening");
+    handle
+}
