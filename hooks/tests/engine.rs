@@ -110,19 +110,21 @@ fn plan(json: &str) -> Plan {
     Plan::from_json(json, &Defaults::default()).unwrap()
 }
 
+/// Runs the stop sequence of `json` against a fresh fake and returns what it saw.
+async fn stop_events(json: &str) -> Vec<(u64, String)> {
+    let fake = Fake::new();
+    terminate(&fake, &plan(json)).await;
+    fake.events()
+}
+
 fn ev(list: &[(u64, &str)]) -> Vec<(u64, String)> {
     list.iter().map(|(t, s)| (*t, s.to_string())).collect()
 }
 
 #[tokio::test(start_paused = true)]
 async fn quick_prestop_then_signal_then_kill_at_the_end_of_grace() {
-    let fake = Fake::new();
-    let p = plan(
-        r#"{"preStop": {"exec": {"command": ["take", "3"]}}, "terminationGracePeriodSeconds": 10}"#,
-    );
-    terminate(&fake, &p).await;
     assert_eq!(
-        fake.events(),
+        stop_events(r#"{"preStop": {"exec": {"command": ["take", "3"]}}, "terminationGracePeriodSeconds": 10}"#).await,
         ev(&[
             (0, "exec preStop take 3"),
             (3, "signal SIGTERM"),
@@ -133,13 +135,8 @@ async fn quick_prestop_then_signal_then_kill_at_the_end_of_grace() {
 
 #[tokio::test(start_paused = true)]
 async fn prestop_outliving_grace_is_cut_and_kill_follows_two_seconds_later() {
-    let fake = Fake::new();
-    let p = plan(
-        r#"{"preStop": {"exec": {"command": ["hang"]}}, "terminationGracePeriodSeconds": 5, "stopSignal": "SIGUSR1"}"#,
-    );
-    terminate(&fake, &p).await;
     assert_eq!(
-        fake.events(),
+        stop_events(r#"{"preStop": {"exec": {"command": ["hang"]}}, "terminationGracePeriodSeconds": 5, "stopSignal": "SIGUSR1"}"#).await,
         ev(&[
             (0, "exec preStop hang"),
             (5, "killed preStop"),
@@ -151,13 +148,8 @@ async fn prestop_outliving_grace_is_cut_and_kill_follows_two_seconds_later() {
 
 #[tokio::test(start_paused = true)]
 async fn prestop_timeout_shorter_than_grace_applies() {
-    let fake = Fake::new();
-    let p = plan(
-        r#"{"preStop": {"exec": {"command": ["hang"]}, "timeoutSeconds": 2}, "terminationGracePeriodSeconds": 30}"#,
-    );
-    terminate(&fake, &p).await;
     assert_eq!(
-        fake.events(),
+        stop_events(r#"{"preStop": {"exec": {"command": ["hang"]}, "timeoutSeconds": 2}, "terminationGracePeriodSeconds": 30}"#).await,
         ev(&[
             (0, "exec preStop hang"),
             (2, "killed preStop"),
@@ -169,51 +161,38 @@ async fn prestop_timeout_shorter_than_grace_applies() {
 
 #[tokio::test(start_paused = true)]
 async fn zero_grace_still_leaves_two_seconds_for_the_stop_signal() {
-    let fake = Fake::new();
-    terminate(&fake, &plan(r#"{"terminationGracePeriodSeconds": 0}"#)).await;
     assert_eq!(
-        fake.events(),
+        stop_events(r#"{"terminationGracePeriodSeconds": 0}"#).await,
         ev(&[(0, "signal SIGTERM"), (2, "signal SIGKILL")])
     );
 }
 
 #[tokio::test(start_paused = true)]
 async fn prestop_sleep_is_bounded_by_grace() {
-    let fake = Fake::new();
-    terminate(
-        &fake,
-        &plan(r#"{"preStop": {"sleep": {"seconds": 3}}, "terminationGracePeriodSeconds": 10}"#),
-    )
-    .await;
     assert_eq!(
-        fake.events(),
+        stop_events(
+            r#"{"preStop": {"sleep": {"seconds": 3}}, "terminationGracePeriodSeconds": 10}"#
+        )
+        .await,
         ev(&[(3, "signal SIGTERM"), (10, "signal SIGKILL")])
     );
 
-    let fake = Fake::new();
-    terminate(
-        &fake,
-        &plan(r#"{"preStop": {"sleep": {"seconds": 60}}, "terminationGracePeriodSeconds": 4}"#),
-    )
-    .await;
     assert_eq!(
-        fake.events(),
+        stop_events(
+            r#"{"preStop": {"sleep": {"seconds": 60}}, "terminationGracePeriodSeconds": 4}"#
+        )
+        .await,
         ev(&[(4, "signal SIGTERM"), (6, "signal SIGKILL")])
     );
 }
 
 #[tokio::test(start_paused = true)]
 async fn failing_prestop_does_not_stop_termination() {
-    let fake = Fake::new();
-    terminate(
-        &fake,
-        &plan(
-            r#"{"preStop": {"exec": {"command": ["fail"]}}, "terminationGracePeriodSeconds": 3}"#,
-        ),
-    )
-    .await;
     assert_eq!(
-        fake.events(),
+        stop_events(
+            r#"{"preStop": {"exec": {"command": ["fail"]}}, "terminationGracePeriodSeconds": 3}"#
+        )
+        .await,
         ev(&[
             (0, "exec preStop fail"),
             (0, "signal SIGTERM"),
@@ -286,14 +265,7 @@ async fn all_init_containers_succeeding_is_ok() {
 #[tokio::test(start_paused = true)]
 async fn failed_poststart_is_reported_with_its_reason_and_output() {
     let fake = Fake::new();
-    let p = plan(r#"{"postStart": {"exec": {"command": ["fail"]}}}"#);
-    let report = run_hook(
-        &fake,
-        Phase::PostStart,
-        p.post_start.as_ref().unwrap(),
-        None,
-    )
-    .await;
+    let report = post_start(r#"{"postStart": {"exec": {"command": ["fail"]}}}"#, &fake).await;
     assert_eq!(report.reason(), "FailedPostStartHook");
     assert_eq!(report.exit_code, Some(3));
     assert_eq!(report.output, "boom\n");
@@ -309,14 +281,7 @@ async fn a_hook_cut_short_by_the_container_exit_is_not_a_failure() {
         exited: true,
         ..Fake::new()
     };
-    let p = plan(r#"{"postStart": {"exec": {"command": ["fail"]}}}"#);
-    let report = run_hook(
-        &fake,
-        Phase::PostStart,
-        p.post_start.as_ref().unwrap(),
-        None,
-    )
-    .await;
+    let report = post_start(r#"{"postStart": {"exec": {"command": ["fail"]}}}"#, &fake).await;
     assert!(
         matches!(report.result, Err(HookFailure::ContainerExited)),
         "{report}"
@@ -324,13 +289,7 @@ async fn a_hook_cut_short_by_the_container_exit_is_not_a_failure() {
     assert!(!report.failed());
 
     let alive = Fake::new();
-    let report = run_hook(
-        &alive,
-        Phase::PostStart,
-        p.post_start.as_ref().unwrap(),
-        None,
-    )
-    .await;
+    let report = post_start(r#"{"postStart": {"exec": {"command": ["fail"]}}}"#, &alive).await;
     assert!(report.failed());
 }
 
@@ -354,7 +313,7 @@ async fn server(
     (addr, task)
 }
 
-async fn http_hook(json: &str, fake: &Fake) -> lifecycle_hooks::HookReport {
+async fn post_start(json: &str, fake: &Fake) -> lifecycle_hooks::HookReport {
     let p = plan(json);
     run_hook(fake, Phase::PostStart, p.post_start.as_ref().unwrap(), None).await
 }
@@ -370,7 +329,7 @@ async fn http_get_follows_a_same_origin_redirect_and_sends_headers() {
         server: Some(addr),
         ..Fake::new()
     };
-    let report = http_hook(
+    let report = post_start(
         r#"{"postStart": {"httpGet": {"port": 8080, "path": "/start",
             "httpHeaders": [{"name": "X-Reason", "value": "boot"}]}}}"#,
         &fake,
@@ -413,7 +372,7 @@ async fn http_500_fails_with_the_status_and_body() {
         server: Some(addr),
         ..Fake::new()
     };
-    let report = http_hook(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
+    let report = post_start(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
     assert!(
         matches!(report.result, Err(HookFailure::HttpStatus(500))),
         "{report}"
@@ -429,7 +388,7 @@ async fn redirect_loops_fail_after_ten() {
         server: Some(addr),
         ..Fake::new()
     };
-    let report = http_hook(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
+    let report = post_start(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
     let error = report.result.unwrap_err().to_string();
     assert_eq!(error, "more than 10 redirects");
     assert_eq!(server.await.unwrap().len(), 11);
@@ -450,7 +409,7 @@ async fn large_bodies_are_read_only_to_the_bound() {
         server: Some(addr),
         ..Fake::new()
     };
-    let report = http_hook(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
+    let report = post_start(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
     assert!(report.result.is_ok(), "{report}");
     assert_eq!(report.output.len(), lifecycle_hooks::http::MAX_BODY);
 }
@@ -462,7 +421,7 @@ async fn a_server_that_never_answers_times_out() {
         server: Some(listener.local_addr().unwrap()),
         ..Fake::new()
     };
-    let report = http_hook(
+    let report = post_start(
         r#"{"postStart": {"httpGet": {"port": 1}, "timeoutSeconds": 1}}"#,
         &fake,
     )
@@ -483,7 +442,7 @@ async fn a_refused_connection_fails() {
         server: Some(addr),
         ..Fake::new()
     };
-    let report = http_hook(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
+    let report = post_start(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
     let error = report.result.unwrap_err().to_string();
     assert!(
         error.starts_with("connecting to 127.0.0.1:1 inside the container"),

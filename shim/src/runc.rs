@@ -68,15 +68,7 @@ impl Runc {
         pid_file: &Path,
         log: &Path,
     ) -> Result<(), RuncError> {
-        let mut cmd = self.command();
-        cmd.arg("--log")
-            .arg(log)
-            .args(["--log-format", "json", "create", "--bundle"])
-            .arg(bundle)
-            .arg("--pid-file")
-            .arg(pid_file)
-            .arg(id);
-        let (_, exit) = self.spawn(&mut cmd)?;
+        let (_, exit) = self.launch("create", id, bundle, pid_file, log)?;
         let status = exit.await;
         if status.success() {
             return Ok(());
@@ -95,10 +87,22 @@ impl Runc {
         pid_file: &Path,
         log: &Path,
     ) -> Result<(Child, Exit), RuncError> {
+        self.launch("run", id, bundle, pid_file, log)
+    }
+
+    /// `runc create` or `runc run`, which take the same arguments.
+    fn launch(
+        &self,
+        action: &str,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        log: &Path,
+    ) -> Result<(Child, Exit), RuncError> {
         let mut cmd = self.command();
         cmd.arg("--log")
             .arg(log)
-            .args(["--log-format", "json", "run", "--bundle"])
+            .args(["--log-format", "json", action, "--bundle"])
             .arg(bundle)
             .arg("--pid-file")
             .arg(pid_file)
