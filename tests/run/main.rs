@@ -307,6 +307,83 @@ fn prestop_outliving_grace_gets_the_stop_signal_at_the_deadline_then_sigkill() {
 }
 
 #[test]
+fn a_timed_out_hook_is_killed_while_the_container_lives_on() {
+    if !prerequisites() {
+        return;
+    }
+    // PreStop hangs with a 1 s timeout inside a 30 s grace period. When the TERM trap runs, the
+    // hook's process must already be gone from the container.
+    let bundle = TestBundle::new(
+        "trap 'if ps | grep -q \"[s]leep 601\"; then echo hook-alive; else echo hook-gone; fi >> /markers/order; exit 0' TERM; \
+         echo up > /markers/up; while :; do sleep 1000 & wait $!; done",
+    )
+    .with_spec(json!({
+        "preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /markers/order; sleep 601"]}, "timeoutSeconds": 1},
+        "terminationGracePeriodSeconds": 30
+    }));
+    let (done, order) = stop_after_up(&bundle);
+    done.assert_code(0);
+    assert_eq!(order, ["prestop", "hook-gone"]);
+    done.assert_stderr_has("reason=\"FailedPreStopHook\"");
+    done.assert_stderr_has("error=timed out after 1.");
+    bundle.assert_clean();
+}
+
+#[test]
+fn the_shim_leaves_no_zombies() {
+    if !prerequisites() {
+        return;
+    }
+    // With an init container the shim is the container init's parent (subreaper); every runc
+    // it ran must be reaped once PostStart has finished.
+    let bundle = TestBundle::new(WAIT_FOR_TERM).with_spec(json!({
+        "initContainers": [{"name": "init", "command": ["true"]}],
+        "postStart": {"exec": {"command": ["sh", "-c", "echo done > /markers/poststart"]}}
+    }));
+    let shim = bundle.spawn(&[]);
+    wait_for_line(&bundle.marker("up"), Some("up"));
+    wait_for_line(&bundle.marker("poststart"), Some("done"));
+    let stderr = bundle.dir.path().join("shim.stderr");
+    support::wait_until("PostStart is reported", || {
+        std::fs::read_to_string(&stderr)
+            .unwrap_or_default()
+            .contains("phase=\"postStart\"")
+    });
+    let shim_pid = shim.child.id() as i32;
+    support::wait_until("the shim's children are reaped", || {
+        support::zombie_children(shim_pid).is_empty()
+    });
+    shim.signal(Signal::SIGTERM);
+    shim.wait().assert_code(0);
+    bundle.assert_clean();
+}
+
+#[test]
+fn a_missing_runtime_is_a_clear_error_and_nothing_is_left() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle = TestBundle::new("echo main >> /markers/order");
+    for spec in [
+        json!({}),
+        json!({"initContainers": [{"name": "a", "command": ["true"]}]}),
+    ] {
+        let mut bundle_with_spec = TestBundle::new("echo main >> /markers/order");
+        bundle_with_spec.annotate("lifecycle-shim/spec", &spec.to_string());
+        let done = bundle_with_spec
+            .spawn(&["--runtime", "/nonexistent/runc"])
+            .wait();
+        done.assert_code(125);
+        done.assert_stderr_has(
+            "cannot run the OCI runtime \"/nonexistent/runc\": No such file or directory",
+        );
+        assert!(bundle_with_spec.lines("order").is_empty());
+        bundle_with_spec.assert_clean();
+    }
+    bundle.assert_clean();
+}
+
+#[test]
 fn a_second_stop_request_does_not_restart_prestop() {
     if !prerequisites() {
         return;
@@ -321,29 +398,19 @@ fn a_second_stop_request_does_not_restart_prestop() {
     shim.signal(Signal::SIGINT);
     shim.signal(Signal::SIGTERM);
     // Let PreStop finish only after the shim has seen both repeats.
-    let ignored = bundle.dir.path().join("shim.stderr");
-    wait_for_ignored(&ignored, 2);
+    let stderr = bundle.dir.path().join("shim.stderr");
+    support::wait_until("the shim logs ignoring both repeats", || {
+        std::fs::read_to_string(&stderr)
+            .unwrap_or_default()
+            .matches("already stopping; signal ignored")
+            .count()
+            == 2
+    });
     std::fs::write(bundle.marker("go"), "").unwrap();
     let done = shim.wait();
     done.assert_code(0);
     assert_eq!(bundle.lines("order"), ["prestop", "term"]);
     bundle.assert_clean();
-}
-
-fn wait_for_ignored(stderr: &std::path::Path, count: usize) {
-    let deadline = std::time::Instant::now() + support::PATIENCE;
-    while std::fs::read_to_string(stderr)
-        .unwrap_or_default()
-        .matches("already stopping; signal ignored")
-        .count()
-        < count
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the shim never logged ignoring the repeats"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

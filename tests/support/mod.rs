@@ -301,19 +301,43 @@ impl Finished {
     }
 }
 
-/// Waits until `path` exists and holds a line equal to `line` (any line if `None`).
+/// Waits until `path` exists and holds a line equal to `line` (any line if `None`); returns
+/// when it was seen.
 #[track_caller]
 pub fn wait_for_line(path: &Path, line: Option<&str>) -> Instant {
+    wait_until(&format!("{path:?} holds {line:?}"), || {
+        fs::read_to_string(path)
+            .is_ok_and(|text| line.map_or(!text.is_empty(), |l| text.lines().any(|x| x == l)))
+    });
+    Instant::now()
+}
+
+/// Polls `condition` until it holds, failing after [`PATIENCE`].
+#[track_caller]
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Ok(text) = fs::read_to_string(path) {
-            if line.map_or(!text.is_empty(), |l| text.lines().any(|x| x == l)) {
-                return Instant::now();
-            }
-        }
-        assert!(Instant::now() < deadline, "{path:?} never held {line:?}");
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Children of `pid` that have exited and not been reaped.
+pub fn zombie_children(pid: i32) -> Vec<String> {
+    let mut zombies = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((name, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") && fields.get(1) == Some(&pid.to_string().as_str()) {
+            zombies.push(format!("{}{name})", entry.file_name().to_string_lossy()));
+        }
+    }
+    zombies
 }
 
 /// Host pid of a container's init process, from `runc state`.
