@@ -47,7 +47,11 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<_> = std::env::args_os().collect();
+    if crate::containerd::invoked_as_shim(&args) {
+        return crate::containerd::main();
+    }
+    let cli = Cli::parse_from(args);
     crate::logging::init();
     let code = match cli.command {
         Command::Check { spec, bundle } => check(&bundle, spec.as_deref()),

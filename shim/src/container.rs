@@ -1,10 +1,10 @@
 //! A runc container as the hook engine sees it: exec through `runc exec`, connections from its
 //! network namespace, signals to its init process.
 
-use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use lifecycle_hooks::{Container, ExecOutput, ExecRequest};
 use nix::sys::signal::{kill, Signal};
@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use tokio::time::sleep_until;
 
 use crate::netns;
-use crate::output::HookOutput;
+use crate::output::{HookOutput, Sink};
 use crate::runc::{Runc, RuncError};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,8 @@ pub struct RuncContainer<'a> {
     route: SignalRoute,
     /// Private directory for exec pid files.
     state: PathBuf,
-    execs: Cell<u64>,
+    execs: AtomicU64,
+    sink: Sink,
 }
 
 impl<'a> RuncContainer<'a> {
@@ -53,6 +54,7 @@ impl<'a> RuncContainer<'a> {
         pid: i32,
         route: SignalRoute,
         state: &Path,
+        sink: Sink,
     ) -> RuncContainer<'a> {
         RuncContainer {
             runc,
@@ -60,7 +62,8 @@ impl<'a> RuncContainer<'a> {
             pid,
             route,
             state: state.to_owned(),
-            execs: Cell::new(0),
+            execs: AtomicU64::new(0),
+            sink,
         }
     }
 
@@ -78,11 +81,11 @@ impl Container for RuncContainer<'_> {
     }
 
     async fn exec(&self, request: ExecRequest<'_>) -> Result<ExecOutput, ContainerError> {
-        let n = self.execs.get() + 1;
-        self.execs.set(n);
+        let n = self.execs.fetch_add(1, Ordering::Relaxed) + 1;
         let pid_file = self.state.join(format!("exec-{n}.pid"));
         let (reader, writer) = nix::unistd::pipe().map_err(|e| ContainerError::Output(e.into()))?;
-        let mut output = HookOutput::new(reader, request.label).map_err(ContainerError::Output)?;
+        let mut output = HookOutput::new(reader, request.label, self.sink.clone())
+            .map_err(ContainerError::Output)?;
         let (child, mut exit) = self.runc.exec(&self.id, &request, &pid_file, writer)?;
         let mut guard = KillOnDrop {
             runc: Some(child.id() as i32),
@@ -122,7 +125,7 @@ impl Container for RuncContainer<'_> {
         match self.route {
             SignalRoute::Init => reaper.kill(self.pid, signal),
             SignalRoute::Runc { .. } if signal == Signal::SIGKILL => {
-                return Ok(self.runc.kill(&self.id, signal).await?);
+                return Ok(self.runc.kill(&self.id, signal, false).await?);
             }
             SignalRoute::Runc { pid } => reaper.kill(pid, signal),
         }

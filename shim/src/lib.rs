@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod cli;
 mod container;
+pub mod containerd;
 mod logging;
 mod netns;
 mod output;

@@ -16,3 +16,21 @@ pub fn init() {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
+
+/// Under containerd: log to the `log` fifo containerd opened in the bundle directory (the
+/// shim's working directory), so events reach containerd's own log.
+pub fn init_shim_log() {
+    let level = std::env::var("LIFECYCLE_SHIM_LOG")
+        .ok()
+        .and_then(|l| l.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::INFO);
+    let Ok(fifo) = std::fs::OpenOptions::new().write(true).open("log") else {
+        return;
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::sync::Mutex::new(fifo))
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(false)
+        .init();
+}

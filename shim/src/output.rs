@@ -1,8 +1,11 @@
-//! A hook's output: streamed line by line to the shim's stderr with its phase as a prefix, and
-//! the last [`MAX_TAIL`] bytes kept for the report.
+//! A hook's output: streamed line by line to a [`Sink`] (the shim's stderr under `run`, the
+//! container's stderr stream under containerd) with its phase as a prefix, and the last
+//! [`MAX_TAIL`] bytes kept for the report.
 
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use tokio::net::unix::pipe;
 
@@ -11,8 +14,28 @@ pub const MAX_TAIL: usize = 4096;
 /// Longer lines are shown in pieces of this size.
 const MAX_LINE: usize = 4096;
 
+/// Where hook output lines are shown.
+#[derive(Clone)]
+pub enum Sink {
+    Stderr,
+    /// A stream of the container's own, e.g. its stderr fifo, so `ctr` or `docker logs` show
+    /// the lines; whole lines are written at once so they do not interleave with the
+    /// container's.
+    File(Arc<File>),
+}
+
+impl Sink {
+    pub fn write_line(&self, line: &str) {
+        let _ = match self {
+            Sink::Stderr => io::stderr().lock().write_all(line.as_bytes()),
+            Sink::File(file) => (&**file).write_all(line.as_bytes()),
+        };
+    }
+}
+
 pub struct HookOutput {
     pipe: pipe::Receiver,
+    sink: Sink,
     label: String,
     line: Vec<u8>,
     tail: Vec<u8>,
@@ -20,9 +43,10 @@ pub struct HookOutput {
 }
 
 impl HookOutput {
-    pub fn new(fd: OwnedFd, label: &str) -> io::Result<HookOutput> {
+    pub fn new(fd: OwnedFd, label: &str, sink: Sink) -> io::Result<HookOutput> {
         Ok(HookOutput {
             pipe: pipe::Receiver::from_owned_fd(fd)?,
+            sink,
             label: label.to_owned(),
             line: Vec::new(),
             tail: Vec::new(),
@@ -78,13 +102,8 @@ impl HookOutput {
     }
 
     fn show_line(&mut self) {
-        let mut err = io::stderr().lock();
-        let _ = writeln!(
-            err,
-            "[{}] {}",
-            self.label,
-            String::from_utf8_lossy(&self.line)
-        );
+        let line = format!("[{}] {}\n", self.label, String::from_utf8_lossy(&self.line));
+        self.sink.write_line(&line);
         self.line.clear();
     }
 

@@ -12,9 +12,10 @@ use tokio::signal::unix::{signal, Signal as SignalStream, SignalKind};
 
 use crate::bundle::{Bundle, BundleError};
 use crate::container::{RuncContainer, SignalRoute};
+use crate::output::Sink;
 use crate::pidfile::{read_pid, PidFileWatch, Started};
 use crate::reaper::{Exit, Reaper};
-use crate::runc::{Runc, RuncError};
+use crate::runc::{ProcessIo, Runc, RuncError};
 
 /// Exit status for a failure of the shim or the runtime rather than the container (as Docker's
 /// 125), so that it is not mistaken for the container's own.
@@ -109,7 +110,8 @@ impl Launch {
         let outcome = match watch.wait(&pid_file, &mut exit).await {
             Started::Exited(status) => Outcome::plain(status),
             Started::Running(pid) => {
-                let container = RuncContainer::new(&self.runc, &self.id, pid, route, &self.state);
+                let container =
+                    RuncContainer::new(&self.runc, &self.id, pid, route, &self.state, Sink::Stderr);
                 supervise(&container, plan, exit, stops).await
             }
         };
@@ -139,6 +141,7 @@ impl Launch {
                 &self.bundle,
                 &pid_file,
                 &self.state.join("runc.log"),
+                ProcessIo::inherit(),
             )
             .await
         {
@@ -154,8 +157,14 @@ impl Launch {
                 source: std::io::ErrorKind::InvalidData.into(),
             })?;
             let mut exit = reaper.watch(pid, since);
-            let container =
-                RuncContainer::new(&self.runc, &self.id, pid, SignalRoute::Init, &self.state);
+            let container = RuncContainer::new(
+                &self.runc,
+                &self.id,
+                pid,
+                SignalRoute::Init,
+                &self.state,
+                Sink::Stderr,
+            );
             tokio::select! {
                 biased;
                 signal = stops.recv() => {

@@ -40,6 +40,35 @@ impl RuncError {
     }
 }
 
+/// The stdio a container process gets from runc, and where runc sends a terminal's master.
+pub struct ProcessIo {
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+    pub console_socket: Option<PathBuf>,
+}
+
+impl ProcessIo {
+    /// The shim's own stdio, as `runc run` passes it through.
+    pub fn inherit() -> ProcessIo {
+        ProcessIo {
+            stdin: Stdio::inherit(),
+            stdout: Stdio::inherit(),
+            stderr: Stdio::inherit(),
+            console_socket: None,
+        }
+    }
+
+    fn apply(self, cmd: &mut Command) {
+        if let Some(socket) = &self.console_socket {
+            cmd.arg("--console-socket").arg(socket);
+        }
+        cmd.stdin(self.stdin)
+            .stdout(self.stdout)
+            .stderr(self.stderr);
+    }
+}
+
 pub struct Runc {
     binary: PathBuf,
     root: Option<PathBuf>,
@@ -67,8 +96,9 @@ impl Runc {
         bundle: &Path,
         pid_file: &Path,
         log: &Path,
+        io: ProcessIo,
     ) -> Result<(), RuncError> {
-        let (_, exit) = self.launch("create", id, bundle, pid_file, log)?;
+        let (_, exit) = self.launch("create", id, bundle, pid_file, log, io)?;
         let status = exit.await;
         if status.success() {
             return Ok(());
@@ -87,7 +117,7 @@ impl Runc {
         pid_file: &Path,
         log: &Path,
     ) -> Result<(Child, Exit), RuncError> {
-        self.launch("run", id, bundle, pid_file, log)
+        self.launch("run", id, bundle, pid_file, log, ProcessIo::inherit())
     }
 
     /// `runc create` or `runc run`, which take the same arguments.
@@ -98,6 +128,7 @@ impl Runc {
         bundle: &Path,
         pid_file: &Path,
         log: &Path,
+        io: ProcessIo,
     ) -> Result<(Child, Exit), RuncError> {
         let mut cmd = self.command();
         cmd.arg("--log")
@@ -105,9 +136,39 @@ impl Runc {
             .args(["--log-format", "json", action, "--bundle"])
             .arg(bundle)
             .arg("--pid-file")
-            .arg(pid_file)
-            .arg(id);
+            .arg(pid_file);
+        io.apply(&mut cmd);
+        cmd.arg(id);
         self.spawn(&mut cmd)
+    }
+
+    /// Starts a process described by an OCI process JSON file in the container and returns once
+    /// it runs; it is then a child of the shim (as subreaper), its pid in `pid_file`.
+    pub async fn exec_detached(
+        &self,
+        id: &str,
+        process: &Path,
+        pid_file: &Path,
+        log: &Path,
+        io: ProcessIo,
+    ) -> Result<(), RuncError> {
+        let mut cmd = self.command();
+        cmd.arg("--log")
+            .arg(log)
+            .args(["--log-format", "json", "exec", "--detach", "--process"])
+            .arg(process)
+            .arg("--pid-file")
+            .arg(pid_file);
+        io.apply(&mut cmd);
+        cmd.arg(id);
+        let (_, exit) = self.spawn(&mut cmd)?;
+        let status = exit.await;
+        if status.success() {
+            return Ok(());
+        }
+        Err(self
+            .logged_failure("exec", id, status, log)
+            .unwrap_or_else(|| self.failed("exec", id, status, "runc logged no error".into())))
     }
 
     /// runc's own error from a `--log` file, if it logged one.
@@ -126,9 +187,46 @@ impl Runc {
         self.simple("start", id, &["start", id]).await
     }
 
-    pub async fn kill(&self, id: &str, signal: Signal) -> Result<(), RuncError> {
-        self.simple("kill", id, &["kill", id, signal.as_str()])
+    /// Sends `signal` to the container's init, or with `all` to every process in it.
+    pub async fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<(), RuncError> {
+        let args: &[&str] = if all {
+            &["kill", "--all", id, signal.as_str()]
+        } else {
+            &["kill", id, signal.as_str()]
+        };
+        self.simple("kill", id, args).await
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<(), RuncError> {
+        self.simple("pause", id, &["pause", id]).await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<(), RuncError> {
+        self.simple("resume", id, &["resume", id]).await
+    }
+
+    /// Applies an OCI `LinuxResources` JSON file to the running container.
+    pub async fn update(&self, id: &str, resources: &Path) -> Result<(), RuncError> {
+        let resources = resources.to_string_lossy();
+        self.simple("update", id, &["update", "--resources", &resources, id])
             .await
+    }
+
+    /// The host pids of the container's processes.
+    pub async fn ps(&self, id: &str) -> Result<Vec<i32>, RuncError> {
+        let out = self
+            .output("ps", id, &["ps", "--format", "json", id])
+            .await?;
+        serde_json::from_slice::<Option<Vec<i32>>>(&out)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| {
+                self.failed(
+                    "ps",
+                    id,
+                    ExitStatus::Exited(0),
+                    format!("unreadable output: {e}"),
+                )
+            })
     }
 
     /// Deletes the container, killing whatever is left in it.
@@ -165,27 +263,31 @@ impl Runc {
     }
 
     async fn simple(&self, action: &'static str, id: &str, args: &[&str]) -> Result<(), RuncError> {
+        self.output(action, id, args).await.map(drop)
+    }
+
+    /// Runs runc to completion and returns its stdout; on failure, its stderr is the message.
+    async fn output(
+        &self,
+        action: &'static str,
+        id: &str,
+        args: &[&str],
+    ) -> Result<Vec<u8>, RuncError> {
         let mut cmd = self.command();
         cmd.args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let (mut child, exit) = self.spawn(&mut cmd)?;
-        let mut message = Vec::new();
-        if let Some(stderr) = child.stderr.take() {
-            let fd = OwnedFd::from(stderr);
-            if let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) {
-                let _ = (&mut rx)
-                    .take(MAX_MESSAGE as u64)
-                    .read_to_end(&mut message)
-                    .await;
-            }
-        }
+        let (stdout, stderr) = tokio::join!(
+            read_pipe(child.stdout.take()),
+            read_pipe(child.stderr.take())
+        );
         let status = exit.await;
         if status.success() {
-            return Ok(());
+            return Ok(stdout);
         }
-        let message = String::from_utf8_lossy(&message).trim().to_owned();
+        let message = String::from_utf8_lossy(&stderr).trim().to_owned();
         Err(self.failed(action, id, status, message))
     }
 
@@ -226,6 +328,17 @@ impl Runc {
             message,
         }
     }
+}
+
+/// Reads a child's pipe to its end, keeping at most 1 MiB.
+async fn read_pipe(pipe: Option<impl Into<OwnedFd>>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    if let Some(fd) = pipe {
+        if let Ok(rx) = pipe::Receiver::from_owned_fd(fd.into()) {
+            let _ = rx.take(1 << 20).read_to_end(&mut bytes).await;
+        }
+    }
+    bytes
 }
 
 /// The first error message in runc's JSON log.

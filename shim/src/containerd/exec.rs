@@ -1,0 +1,172 @@
+//! Exec processes (`ctr task exec`, `docker exec`, CRI ExecSync): added by Exec, started with
+//! `runc exec --detach`, reaped by the shim, their exits published like the task's.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use containerd_shim::api::ExecProcessRequest;
+use containerd_shim::protos::events::task::{TaskExecAdded, TaskExecStarted, TaskExit};
+use containerd_shim::protos::topics;
+use nix::sys::signal::Signal;
+
+use super::error::TaskError;
+use super::events::{ExitCell, Exited};
+use super::state::State;
+use super::stdio::{self, StdioPaths};
+use super::task::Task;
+use crate::pidfile::read_pid;
+
+pub struct ExecProcess {
+    pub id: String,
+    /// The OCI process, as JSON, that runc runs.
+    process: Vec<u8>,
+    pub stdio: (String, String, String, bool),
+    pub exit: ExitCell,
+    inner: Mutex<ExecInner>,
+}
+
+struct ExecInner {
+    state: State,
+    pid: i32,
+}
+
+impl ExecProcess {
+    pub async fn add(task: &Task, req: &ExecProcessRequest) -> Result<Arc<ExecProcess>, TaskError> {
+        let process =
+            req.spec
+                .as_ref()
+                .map(|any| any.value.clone())
+                .ok_or(TaskError::InvalidArgument {
+                    what: "exec request",
+                    message: "it has no process spec".to_owned(),
+                })?;
+        let exec = Arc::new(ExecProcess {
+            id: req.exec_id.clone(),
+            process,
+            stdio: (
+                req.stdin.clone(),
+                req.stdout.clone(),
+                req.stderr.clone(),
+                req.terminal,
+            ),
+            exit: ExitCell::new(),
+            inner: Mutex::new(ExecInner {
+                state: State::Created,
+                pid: 0,
+            }),
+        });
+        let event = TaskExecAdded {
+            container_id: task.id.clone(),
+            exec_id: exec.id.clone(),
+            ..Default::default()
+        };
+        task.events
+            .publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(event))
+            .await;
+        Ok(exec)
+    }
+
+    pub fn state(&self) -> State {
+        self.lock().state
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.lock().pid
+    }
+
+    pub async fn start(self: &Arc<Self>, task: &Arc<Task>) -> Result<i32, TaskError> {
+        let next = self.state().start()?.started()?;
+        let dir = task.state_dir();
+        let process = dir.join(format!("exec-{}.json", self.id));
+        std::fs::write(&process, &self.process)
+            .map_err(TaskError::io("writing the exec process"))?;
+        let pid_file = dir.join(format!("exec-{}.pid", self.id));
+        let (stdin, stdout, stderr, terminal) = &self.stdio;
+        let opened = stdio::open(&StdioPaths {
+            stdin,
+            stdout,
+            stderr,
+            terminal: *terminal,
+        })?;
+        let reaper = task.runc.reaper();
+        let since = reaper.generation();
+        let log = dir.join(format!("exec-{}.log", self.id));
+        let started = task
+            .runc
+            .exec_detached(&task.id, &process, &pid_file, &log, opened.io)
+            .await;
+        let _ = std::fs::remove_file(&process);
+        started?;
+        let pid = read_pid(&pid_file).ok_or(TaskError::Io {
+            what: "runc's exec pid file holds no pid",
+            source: std::io::ErrorKind::InvalidData.into(),
+        })?;
+        let exit = reaper.watch(pid, since);
+        {
+            let mut inner = self.lock();
+            inner.pid = pid;
+            inner.state = next;
+        }
+        let event = TaskExecStarted {
+            container_id: task.id.clone(),
+            exec_id: self.id.clone(),
+            pid: pid as u32,
+            ..Default::default()
+        };
+        task.events
+            .publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(event))
+            .await;
+        let (exec, task) = (self.clone(), task.clone());
+        tokio::spawn(async move {
+            let status = exit.await;
+            exec.exited(&task, Exited::now(status.code())).await;
+        });
+        Ok(pid)
+    }
+
+    async fn exited(&self, task: &Task, exited: Exited) {
+        let pid = {
+            let mut inner = self.lock();
+            if let Ok(state) = inner.state.exit() {
+                inner.state = state;
+            }
+            inner.pid
+        };
+        self.exit.set(exited);
+        let event = TaskExit {
+            container_id: task.id.clone(),
+            id: self.id.clone(),
+            pid: pid as u32,
+            exit_status: exited.status,
+            exited_at: Some(exited.timestamp()).into(),
+            ..Default::default()
+        };
+        task.events
+            .publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event))
+            .await;
+    }
+
+    pub fn kill(&self, task: &Task, signal: Signal) -> Result<(), TaskError> {
+        let inner = self.lock();
+        if inner.state != State::Running {
+            return Err(TaskError::NotFound(format!(
+                "exec {} is {}, not running",
+                self.id, inner.state
+            )));
+        }
+        task.runc
+            .reaper()
+            .kill(inner.pid, signal)
+            .map_err(|errno| TaskError::NotFound(format!("exec {}: {errno}", self.id)))
+    }
+
+    /// An exec that never started can go at once; a started one once it has exited.
+    pub fn delete(&self) -> Result<Option<Exited>, TaskError> {
+        let mut inner = self.lock();
+        inner.state = inner.state.delete()?;
+        Ok(self.exit.get())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ExecInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,56 @@
+//! The containerd runtime v2 shim: installed as `containerd-shim-lifecycle-v2` and selected
+//! with runtime type `io.containerd.lifecycle.v2`. It serves containerd's task v2 API (which
+//! containerd 1.6, 1.7 and 2.x accept) over ttrpc, built on containerd's `containerd-shim`
+//! crate, with runc underneath and the lifecycle hooks of the bundle's annotation.
+
+mod error;
+mod events;
+mod exec;
+mod service;
+mod shim;
+mod state;
+mod stdio;
+mod task;
+
+use std::process::ExitCode;
+
+use containerd_shim::Config;
+
+pub const RUNTIME_ID: &str = "io.containerd.lifecycle.v2";
+pub const BINARY_NAME: &str = "containerd-shim-lifecycle-v2";
+
+/// Whether the process was started by containerd (as `containerd-shim-lifecycle-v2`) or by
+/// the containerd-shim crate re-executing itself; both pass Go-style flags, `-namespace`
+/// first.
+pub fn invoked_as_shim(args: &[std::ffi::OsString]) -> bool {
+    let name = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == BINARY_NAME);
+    name || args.get(1).is_some_and(|a| a == "-namespace")
+}
+
+pub fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{BINARY_NAME}: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = Config {
+        // The shim's own reaper is the only one (see crate::reaper); its logging goes to
+        // containerd's log fifo through tracing.
+        no_reaper: true,
+        no_setup_logger: true,
+        ..Config::default()
+    };
+    runtime.block_on(containerd_shim::asynchronous::run::<shim::LifecycleShim>(
+        RUNTIME_ID,
+        Some(config),
+    ));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,140 @@
+//! A task's stdio as containerd describes it: fifo paths (what `ctr`, Docker and the CRI plugin
+//! create), `file://` log URIs, or nothing. The container gets the fifos themselves, so its
+//! output reaches containerd without passing through the shim; the shim keeps a second handle
+//! on stderr to write hook output into the same stream.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use crate::output::Sink;
+use crate::runc::ProcessIo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    #[error("{stream} {path:?}: {source}")]
+    Open {
+        stream: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// The paths containerd gave for a process.
+pub struct StdioPaths<'a> {
+    pub stdin: &'a str,
+    pub stdout: &'a str,
+    pub stderr: &'a str,
+    pub terminal: bool,
+}
+
+/// What a process is started with, and where hook output for it goes.
+pub struct OpenedStdio {
+    pub io: ProcessIo,
+    pub hook_sink: Option<Sink>,
+}
+
+pub fn open(paths: &StdioPaths<'_>) -> Result<OpenedStdio, StdioError> {
+    if paths.terminal {
+        return Err(StdioError::Unsupported(
+            "terminals (ctr run -t) are not supported yet".to_owned(),
+        ));
+    }
+    let stdin = match paths.stdin {
+        "" => Stdio::null(),
+        path => Stdio::from(open_fifo("stdin", path, Direction::Read)?),
+    };
+    let (stdout, stderr, sink) = match (log_file(paths.stdout), log_file(paths.stderr)) {
+        (Some(path), _) | (_, Some(path)) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| open_error("log file", path, source))?;
+            let sink = Sink::File(Arc::new(
+                file.try_clone()
+                    .map_err(|e| open_error("log file", path, e))?,
+            ));
+            let stderr = file
+                .try_clone()
+                .map_err(|e| open_error("log file", path, e))?;
+            (Stdio::from(file), Stdio::from(stderr), Some(sink))
+        }
+        _ => {
+            if paths.stdout.contains("://") || paths.stderr.contains("://") {
+                return Err(StdioError::Unsupported(format!(
+                    "log URI {:?} is not supported yet (fifos and file:// are)",
+                    paths.stdout
+                )));
+            }
+            let stdout = match paths.stdout {
+                "" => Stdio::null(),
+                path => Stdio::from(open_fifo("stdout", path, Direction::Write)?),
+            };
+            let (stderr, sink) = match paths.stderr {
+                "" => (Stdio::null(), None),
+                path => {
+                    let fifo = open_fifo("stderr", path, Direction::Write)?;
+                    let sink = fifo
+                        .try_clone()
+                        .map_err(|e| open_error("stderr", path, e))?;
+                    (Stdio::from(fifo), Some(Sink::File(Arc::new(sink))))
+                }
+            };
+            (stdout, stderr, sink)
+        }
+    };
+    Ok(OpenedStdio {
+        io: ProcessIo {
+            stdin,
+            stdout,
+            stderr,
+            console_socket: None,
+        },
+        hook_sink: sink,
+    })
+}
+
+fn log_file(uri: &str) -> Option<&str> {
+    uri.strip_prefix("file://")
+}
+
+enum Direction {
+    Read,
+    Write,
+}
+
+/// Opens a fifo without blocking on the other end: containerd may open its side later (or, for
+/// stdin, never write). Read-write keeps a write open from failing when no reader is there yet.
+fn open_fifo(stream: &'static str, path: &str, direction: Direction) -> Result<File, StdioError> {
+    let mut options = OpenOptions::new();
+    match direction {
+        Direction::Read => options.read(true).custom_flags(libc::O_NONBLOCK),
+        Direction::Write => options.read(true).write(true),
+    };
+    let file = options
+        .open(Path::new(path))
+        .map_err(|source| open_error(stream, path, source))?;
+    if let Direction::Read = direction {
+        // The container reads with ordinary blocking reads.
+        let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(|e| open_error(stream, path, e.into()))?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags))
+            .map_err(|e| open_error(stream, path, e.into()))?;
+    }
+    Ok(file)
+}
+
+fn open_error(stream: &'static str, path: &str, source: io::Error) -> StdioError {
+    StdioError::Open {
+        stream,
+        path: path.to_owned(),
+        source,
+    }
+}

@@ -1,0 +1,383 @@
+//! The task's init process under containerd: created by Create, started by Start (init
+//! containers first, in the background, so Start returns at once), stopped with PreStop on a
+//! graceful Kill, and its exit recorded and published exactly once.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use containerd_shim::api::CreateTaskRequest;
+use containerd_shim::protos::events::task::{TaskCreate, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::topics;
+use lifecycle_hooks::{run_hook, run_init_containers, terminate, ExitStatus, Phase, Plan};
+use nix::sys::signal::Signal;
+use tokio::task::AbortHandle;
+
+use super::error::TaskError;
+use super::events::{Events, ExitCell, Exited};
+use super::state::{IllegalMove, State};
+use super::stdio::{self, StdioPaths};
+use crate::bundle::{Bundle, SpecOrigin};
+use crate::container::{RuncContainer, SignalRoute};
+use crate::output::Sink;
+use crate::pidfile::read_pid;
+use crate::runc::{Runc, RuncError};
+
+pub struct Task {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid: i32,
+    pub stdio: (String, String, String, bool),
+    pub runc: Runc,
+    pub events: Events,
+    pub exit: ExitCell,
+    plan: Plan,
+    /// The container has a lifecycle spec; without one it behaves exactly as with runc's shim.
+    hooks: bool,
+    rootfs_mounted: bool,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    state: State,
+    /// Init containers and PostStart, while they run.
+    lifecycle: Option<AbortHandle>,
+    /// The stop sequence, while it runs.
+    stop: Option<AbortHandle>,
+    /// Where hook output goes; dropped at exit so containerd sees the stream end.
+    sink: Option<Sink>,
+    /// The status to report instead of the init process's own (a failed init container's).
+    exit_override: Option<i32>,
+}
+
+impl Task {
+    pub async fn create(
+        req: &CreateTaskRequest,
+        runc: Runc,
+        events: Events,
+    ) -> Result<Arc<Task>, TaskError> {
+        let bundle_path = PathBuf::from(&req.bundle);
+        let bundle = Bundle::load(&bundle_path)?;
+        let (origin, plan) = bundle.plan(None)?;
+        let hooks = matches!(origin, SpecOrigin::Annotation(_) | SpecOrigin::File(_));
+        let rootfs = bundle_path.join("rootfs");
+        for mount in &req.rootfs {
+            if let Err(error) =
+                containerd_shim::asynchronous::util::mount_rootfs(mount, &rootfs).await
+            {
+                unmount(&rootfs);
+                return Err(TaskError::shim("mounting the rootfs")(error));
+            }
+        }
+        let rootfs_mounted = !req.rootfs.is_empty();
+        let paths = StdioPaths {
+            stdin: &req.stdin,
+            stdout: &req.stdout,
+            stderr: &req.stderr,
+            terminal: req.terminal,
+        };
+        let created = async {
+            let opened = stdio::open(&paths)?;
+            let pid_file = bundle_path.join("init.pid");
+            let since = runc.reaper().generation();
+            if let Err(error) = runc
+                .create(
+                    &req.id,
+                    &bundle_path,
+                    &pid_file,
+                    &bundle_path.join("runc.log"),
+                    opened.io,
+                )
+                .await
+            {
+                if !error.id_taken() {
+                    let _ = runc.delete(&req.id).await;
+                }
+                return Err(TaskError::from(error));
+            }
+            let pid = read_pid(&pid_file).ok_or(TaskError::Io {
+                what: "runc's pid file holds no pid",
+                source: std::io::ErrorKind::InvalidData.into(),
+            })?;
+            Ok((pid, runc.reaper().watch(pid, since), opened.hook_sink))
+        }
+        .await;
+        let (pid, exit, sink) = match created {
+            Ok(created) => created,
+            Err(error) => {
+                if rootfs_mounted {
+                    unmount(&rootfs);
+                }
+                return Err(error);
+            }
+        };
+        let task = Arc::new(Task {
+            id: req.id.clone(),
+            bundle: bundle_path,
+            pid,
+            stdio: (
+                req.stdin.clone(),
+                req.stdout.clone(),
+                req.stderr.clone(),
+                req.terminal,
+            ),
+            runc,
+            events,
+            exit: ExitCell::new(),
+            plan,
+            hooks,
+            rootfs_mounted,
+            inner: Mutex::new(Inner {
+                state: State::Created,
+                lifecycle: None,
+                stop: None,
+                sink,
+                exit_override: None,
+            }),
+        });
+        let monitor = task.clone();
+        tokio::spawn(async move {
+            let status = exit.await;
+            monitor.exited(status).await;
+        });
+        let event = TaskCreate {
+            container_id: task.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: Some(TaskIO {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+                ..Default::default()
+            })
+            .into(),
+            pid: pid as u32,
+            ..Default::default()
+        };
+        task.events
+            .publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event))
+            .await;
+        Ok(task)
+    }
+
+    pub fn state(&self) -> State {
+        self.lock().state
+    }
+
+    /// Starts the entrypoint, after the init containers if there are any. Returns at once in
+    /// that case: the init containers run in the background and may take longer than
+    /// containerd's Start deadline.
+    pub async fn start(self: &Arc<Self>) -> Result<(), TaskError> {
+        let next = self.state().start()?;
+        if self.plan.init_containers.is_empty() {
+            self.runc.start(&self.id).await?;
+            self.lock().state = next.started()?;
+        } else {
+            self.lock().state = next;
+        }
+        let event = TaskStart {
+            container_id: self.id.clone(),
+            pid: self.pid as u32,
+            ..Default::default()
+        };
+        self.events
+            .publish(topics::TASK_START_EVENT_TOPIC, Box::new(event))
+            .await;
+        let task = self.clone();
+        let lifecycle = tokio::spawn(async move { task.lifecycle().await }).abort_handle();
+        self.lock().lifecycle = Some(lifecycle);
+        Ok(())
+    }
+
+    /// Init containers (then `runc start`), then PostStart; a failed PostStart stops the task.
+    async fn lifecycle(self: Arc<Self>) {
+        let c = self.hook_container();
+        if !self.plan.init_containers.is_empty() {
+            if let Err(failure) = run_init_containers(&c, &self.plan.init_containers).await {
+                self.report(&format!("{failure}; the entrypoint was not started"));
+                self.lock().exit_override = Some(failure.exit_code());
+                let _ = self.runc.reaper().kill(self.pid, Signal::SIGKILL);
+                return;
+            }
+            if let Err(error) = self.runc.start(&self.id).await {
+                self.report(&format!("starting the entrypoint failed: {error}"));
+                let _ = self.runc.reaper().kill(self.pid, Signal::SIGKILL);
+                return;
+            }
+            let mut inner = self.lock();
+            match inner.state.started() {
+                Ok(state) => inner.state = state,
+                Err(_) => return,
+            }
+        }
+        let Some(hook) = self.plan.post_start.as_ref().filter(|_| self.hooks) else {
+            return;
+        };
+        let report = run_hook(&c, Phase::PostStart, hook, None).await;
+        if report.failed() {
+            self.report(&format!("{}: {report}", report.reason()));
+            self.begin_stop();
+        }
+    }
+
+    /// Kill of the init process. The stop signal (or SIGTERM) starts the stop sequence with
+    /// PreStop and returns at once; SIGKILL cuts it short; anything else passes through.
+    pub async fn kill(self: &Arc<Self>, signal: Signal, all: bool) -> Result<(), TaskError> {
+        let state = self.state();
+        match state {
+            State::Stopped | State::Deleted => {
+                return Err(TaskError::NotFound(format!(
+                    "process {} already finished",
+                    self.id
+                )))
+            }
+            State::Starting => {
+                // The entrypoint has not run: there is nothing to stop gracefully.
+                self.abort(|inner| inner.lifecycle.take());
+                return self.signal(Signal::SIGKILL, all).await;
+            }
+            State::Created | State::Running | State::Paused => {}
+        }
+        let graceful = signal == Signal::SIGTERM || signal == self.plan.stop_signal;
+        if signal == Signal::SIGKILL {
+            self.abort(|inner| inner.stop.take());
+        } else if graceful && self.hooks && state == State::Running {
+            self.begin_stop();
+            return Ok(());
+        }
+        self.signal(signal, all).await
+    }
+
+    async fn signal(&self, signal: Signal, all: bool) -> Result<(), TaskError> {
+        if all {
+            return Ok(self.runc.kill(&self.id, signal, true).await?);
+        }
+        self.runc
+            .reaper()
+            .kill(self.pid, signal)
+            .map_err(|errno| TaskError::NotFound(format!("process {}: {errno}", self.id)))
+    }
+
+    /// Runs the stop sequence unless it already runs.
+    fn begin_stop(self: &Arc<Self>) {
+        let mut inner = self.lock();
+        if inner.stop.is_some() || inner.state == State::Stopped {
+            return;
+        }
+        let task = self.clone();
+        inner.stop = Some(
+            tokio::spawn(async move {
+                let c = task.hook_container();
+                terminate(&c, &task.plan).await;
+            })
+            .abort_handle(),
+        );
+    }
+
+    fn abort(&self, take: impl FnOnce(&mut Inner) -> Option<AbortHandle>) {
+        if let Some(handle) = take(&mut self.lock()) {
+            handle.abort();
+        }
+    }
+
+    /// The init process has been reaped: hooks still running are cancelled, the stream for
+    /// hook output is closed, and the exit is recorded and published.
+    async fn exited(&self, status: ExitStatus) {
+        let code = {
+            let mut inner = self.lock();
+            if let Ok(state) = inner.state.exit() {
+                inner.state = state;
+            }
+            for handle in [inner.lifecycle.take(), inner.stop.take()]
+                .into_iter()
+                .flatten()
+            {
+                handle.abort();
+            }
+            inner.sink = None;
+            inner.exit_override.take().unwrap_or(status.code())
+        };
+        let exited = Exited::now(code);
+        self.exit.set(exited);
+        tracing::info!(container = %self.id, status = code, "container exited");
+        let event = TaskExit {
+            container_id: self.id.clone(),
+            id: self.id.clone(),
+            pid: self.pid as u32,
+            exit_status: exited.status,
+            exited_at: Some(exited.timestamp()).into(),
+            ..Default::default()
+        };
+        self.events
+            .publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event))
+            .await;
+    }
+
+    /// Deletes the container; a task deleted before it ran is stopped first, so its exit is
+    /// published before its deletion.
+    pub async fn delete(&self) -> Result<Exited, TaskError> {
+        let next = self.state().delete()?;
+        let result = self.runc.delete(&self.id).await;
+        let exited = self.exit.wait().await;
+        if let Err(error) = result {
+            tracing::warn!(%error, "runc delete failed");
+        }
+        if self.rootfs_mounted {
+            unmount(&self.bundle.join("rootfs"));
+        }
+        self.lock().state = next;
+        Ok(exited)
+    }
+
+    /// Moves the state with `transition` once `action` (runc pause or resume) succeeded.
+    pub async fn set_state<F, Fut>(
+        &self,
+        transition: fn(State) -> Result<State, IllegalMove>,
+        action: F,
+    ) -> Result<(), TaskError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(), RuncError>>,
+    {
+        let next = transition(self.state())?;
+        action().await?;
+        self.lock().state = next;
+        Ok(())
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.bundle
+    }
+
+    /// The container as the hook engine sees it.
+    fn hook_container(&self) -> RuncContainer<'_> {
+        let sink = self.lock().sink.clone().unwrap_or(Sink::Stderr);
+        RuncContainer::new(
+            &self.runc,
+            &self.id,
+            self.pid,
+            SignalRoute::Init,
+            &self.bundle,
+            sink,
+        )
+    }
+
+    /// A lifecycle message for the user: in the container's stderr stream and the shim log.
+    fn report(&self, message: &str) {
+        tracing::warn!(container = %self.id, "{message}");
+        if let Some(sink) = &self.lock().sink {
+            sink.write_line(&format!("lifecycle-shim: {message}\n"));
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn unmount(rootfs: &Path) {
+    if let Err(error) = containerd_shim::mount::umount_recursive(rootfs.to_str(), 0) {
+        tracing::warn!(%error, rootfs = %rootfs.display(), "could not unmount the rootfs");
+    }
+}
