@@ -12,7 +12,7 @@ use tokio::sync::watch;
 /// Publishes task events to containerd in the task's namespace.
 pub struct Events {
     publisher: Arc<RemotePublisher>,
-    namespace: String,
+    pub namespace: String,
 }
 
 impl Events {

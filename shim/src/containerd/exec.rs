@@ -8,10 +8,11 @@ use containerd_shim::protos::events::task::{TaskExecAdded, TaskExecStarted, Task
 use containerd_shim::protos::topics;
 use nix::sys::signal::Signal;
 
+use super::console::Console;
 use super::error::TaskError;
 use super::events::{ExitCell, Exited};
 use super::state::State;
-use super::stdio::{self, StdioPaths};
+use super::stdio::{self, LoggerContext, StdioPaths};
 use super::task::Task;
 use crate::pidfile::read_pid;
 
@@ -27,6 +28,7 @@ pub struct ExecProcess {
 struct ExecInner {
     state: State,
     pid: i32,
+    console: Option<Console>,
 }
 
 impl ExecProcess {
@@ -52,6 +54,7 @@ impl ExecProcess {
             inner: Mutex::new(ExecInner {
                 state: State::Created,
                 pid: 0,
+                console: None,
             }),
         });
         let event = TaskExecAdded {
@@ -81,21 +84,33 @@ impl ExecProcess {
             .map_err(TaskError::io("writing the exec process"))?;
         let pid_file = dir.join(format!("exec-{}.pid", self.id));
         let (stdin, stdout, stderr, terminal) = &self.stdio;
-        let opened = stdio::open(&StdioPaths {
+        let logger = LoggerContext {
+            container_id: &task.id,
+            namespace: &task.events.namespace,
+            reaper: task.runc.reaper(),
+        };
+        let paths = StdioPaths {
             stdin,
             stdout,
             stderr,
             terminal: *terminal,
-        })?;
+        };
+        let opened = stdio::open(&paths, &logger).await?;
         let reaper = task.runc.reaper();
         let since = reaper.generation();
         let log = dir.join(format!("exec-{}.log", self.id));
-        let started = task
-            .runc
-            .exec_detached(&task.id, &process, &pid_file, &log, opened.io)
-            .await;
+        let exec = async {
+            Ok(task
+                .runc
+                .exec_detached(&task.id, &process, &pid_file, &log, opened.io)
+                .await?)
+        };
+        let started = match opened.console {
+            None => exec.await.map(|()| None),
+            Some(pending) => pending.attach_during(exec).await.map(|((), c)| Some(c)),
+        };
         let _ = std::fs::remove_file(&process);
-        started?;
+        let console = started?;
         let pid = read_pid(&pid_file).ok_or(TaskError::Io {
             what: "runc's exec pid file holds no pid",
             source: std::io::ErrorKind::InvalidData.into(),
@@ -105,6 +120,7 @@ impl ExecProcess {
             let mut inner = self.lock();
             inner.pid = pid;
             inner.state = next;
+            inner.console = console;
         }
         let event = TaskExecStarted {
             container_id: task.id.clone(),
@@ -157,6 +173,18 @@ impl ExecProcess {
             .reaper()
             .kill(inner.pid, signal)
             .map_err(|errno| TaskError::NotFound(format!("exec {}: {errno}", self.id)))
+    }
+
+    pub fn resize(&self, width: u16, height: u16) -> Result<(), TaskError> {
+        match &self.lock().console {
+            Some(console) => console
+                .resize(width, height)
+                .map_err(TaskError::io("resizing the terminal")),
+            None => Err(TaskError::NotFound(format!(
+                "exec {} has no terminal",
+                self.id
+            ))),
+        }
     }
 
     /// An exec that never started can go at once; a started one once it has exited.

@@ -3,9 +3,11 @@
 //! containerd 1.6, 1.7 and 2.x accept) over ttrpc, built on containerd's `containerd-shim`
 //! crate, with runc underneath and the lifecycle hooks of the bundle's annotation.
 
+mod console;
 mod error;
 mod events;
 mod exec;
+mod logbinary;
 mod service;
 mod shim;
 mod state;

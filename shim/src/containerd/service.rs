@@ -308,6 +308,23 @@ impl Service {
         })
     }
 
+    fn resize_pty(&self, req: ResizePtyRequest) -> Result<(), TaskError> {
+        let task = self.task(&req.id)?;
+        let (width, height) = (req.width as u16, req.height as u16);
+        if !req.exec_id.is_empty() {
+            return self.exec(&req.exec_id)?.resize(width, height);
+        }
+        match &task.console {
+            Some(console) => console
+                .resize(width, height)
+                .map_err(TaskError::io("resizing the terminal")),
+            None => Err(TaskError::NotFound(format!(
+                "task {} has no terminal",
+                task.id
+            ))),
+        }
+    }
+
     /// The shim exits once its task has been deleted (or never existed).
     async fn shutdown(&self) -> Result<(), TaskError> {
         let live = self
@@ -405,8 +422,8 @@ impl TaskService for Service {
     }
 
     async fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
-        self.task(&req.id)?;
-        Err(TaskError::Unimplemented("ResizePty (terminals)").into())
+        Service::resize_pty(self, req)?;
+        Ok(Empty::new())
     }
 
     async fn checkpoint(&self, _: &TtrpcContext, _: CheckpointTaskRequest) -> TtrpcResult<Empty> {

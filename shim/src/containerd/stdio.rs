@@ -1,5 +1,5 @@
 //! A task's stdio as containerd describes it: fifo paths (what `ctr`, Docker and the CRI plugin
-//! create), `file://` log URIs, or nothing. The container gets the fifos themselves, so its
+//! create), `file://` and `binary://` log URIs, a terminal, or nothing. The container gets the fifos themselves, so its
 //! output reaches containerd without passing through the shim; the shim keeps a second handle
 //! on stderr to write hook output into the same stream.
 
@@ -10,7 +10,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 
+use super::console::{ConsoleSocket, PendingConsole};
+use super::logbinary;
 use crate::output::Sink;
+use crate::reaper::Reaper;
 use crate::runc::ProcessIo;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,18 +40,42 @@ pub struct StdioPaths<'a> {
 pub struct OpenedStdio {
     pub io: ProcessIo,
     pub hook_sink: Option<Sink>,
+    /// For a terminal: the console socket runc sends the pty to, and the streams it joins.
+    pub console: Option<PendingConsole>,
 }
 
-pub fn open(paths: &StdioPaths<'_>) -> Result<OpenedStdio, StdioError> {
+/// Opens a process's stdio. A `binary://` logger is started first and awaited until ready.
+pub async fn open(
+    paths: &StdioPaths<'_>,
+    logger: &LoggerContext<'_>,
+) -> Result<OpenedStdio, StdioError> {
     if paths.terminal {
-        return Err(StdioError::Unsupported(
-            "terminals (ctr run -t) are not supported yet".to_owned(),
-        ));
+        return open_terminal(paths);
     }
-    let stdin = match paths.stdin {
-        "" => Stdio::null(),
-        path => Stdio::from(open_fifo("stdin", path, Direction::Read)?),
-    };
+    if paths.stdout.starts_with("binary://") {
+        let pipes = logbinary::start(
+            paths.stdout,
+            logger.container_id,
+            logger.namespace,
+            logger.reaper,
+        )
+        .await?;
+        let sink = pipes
+            .stderr
+            .try_clone()
+            .map_err(|e| open_error("stderr", paths.stdout, e))?;
+        return Ok(OpenedStdio {
+            io: ProcessIo {
+                stdin: open_stdin(paths.stdin)?,
+                stdout: Stdio::from(pipes.stdout),
+                stderr: Stdio::from(pipes.stderr),
+                console_socket: None,
+            },
+            hook_sink: Some(Sink::File(Arc::new(File::from(sink)))),
+            console: None,
+        });
+    }
+    let stdin = open_stdin(paths.stdin)?;
     let (stdout, stderr, sink) = match (log_file(paths.stdout), log_file(paths.stderr)) {
         (Some(path), _) | (_, Some(path)) => {
             let file = OpenOptions::new()
@@ -68,7 +95,7 @@ pub fn open(paths: &StdioPaths<'_>) -> Result<OpenedStdio, StdioError> {
         _ => {
             if paths.stdout.contains("://") || paths.stderr.contains("://") {
                 return Err(StdioError::Unsupported(format!(
-                    "log URI {:?} is not supported yet (fifos and file:// are)",
+                    "log URI {:?} is not supported (fifos, file:// and binary:// are)",
                     paths.stdout
                 )));
             }
@@ -97,6 +124,56 @@ pub fn open(paths: &StdioPaths<'_>) -> Result<OpenedStdio, StdioError> {
             console_socket: None,
         },
         hook_sink: sink,
+        console: None,
+    })
+}
+
+/// A terminal's stdio: runc gets none, only the console socket; the shim later joins the pty
+/// to the stdin and stdout fifos (a terminal has no separate stderr).
+fn open_terminal(paths: &StdioPaths<'_>) -> Result<OpenedStdio, StdioError> {
+    let socket = ConsoleSocket::new().map_err(|e| open_error("console socket", "", e))?;
+    let stdin = match paths.stdin {
+        "" => None,
+        path => Some(open_fifo("stdin", path, Direction::Read)?),
+    };
+    let stdout = match paths.stdout {
+        "" => None,
+        path => Some(open_fifo("stdout", path, Direction::Write)?),
+    };
+    let hook_sink = match &stdout {
+        Some(file) => Some(Sink::File(Arc::new(
+            file.try_clone()
+                .map_err(|e| open_error("stdout", paths.stdout, e))?,
+        ))),
+        None => None,
+    };
+    Ok(OpenedStdio {
+        io: ProcessIo {
+            stdin: Stdio::null(),
+            stdout: Stdio::null(),
+            stderr: Stdio::null(),
+            console_socket: Some(socket.path()),
+        },
+        hook_sink,
+        console: Some(PendingConsole {
+            socket,
+            stdin,
+            stdout,
+        }),
+    })
+}
+
+/// Who a `binary://` logger logs for.
+pub struct LoggerContext<'a> {
+    pub container_id: &'a str,
+    pub namespace: &'a str,
+    pub reaper: &'a Reaper,
+}
+
+fn open_stdin(path: &str) -> Result<Stdio, StdioError> {
+    Ok(match path {
+        "" => Stdio::null(),
+        path => Stdio::from(open_fifo("stdin", path, Direction::Read)?),
     })
 }
 

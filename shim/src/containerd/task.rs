@@ -13,10 +13,11 @@ use lifecycle_hooks::{run_hook, run_init_containers, terminate, ExitStatus, Phas
 use nix::sys::signal::Signal;
 use tokio::task::AbortHandle;
 
+use super::console::Console;
 use super::error::TaskError;
 use super::events::{Events, ExitCell, Exited};
 use super::state::{IllegalMove, State};
-use super::stdio::{self, StdioPaths};
+use super::stdio::{self, LoggerContext, StdioPaths};
 use crate::bundle::{Bundle, SpecOrigin};
 use crate::container::{RuncContainer, SignalRoute};
 use crate::output::Sink;
@@ -31,6 +32,8 @@ pub struct Task {
     pub runc: Runc,
     pub events: Events,
     pub exit: ExitCell,
+    /// The terminal, for a task created with one.
+    pub console: Option<Console>,
     plan: Plan,
     /// The container has a lifecycle spec; without one it behaves exactly as with runc's shim.
     hooks: bool,
@@ -77,32 +80,47 @@ impl Task {
             terminal: req.terminal,
         };
         let created = async {
-            let opened = stdio::open(&paths)?;
+            let logger = LoggerContext {
+                container_id: &req.id,
+                namespace: &events.namespace,
+                reaper: runc.reaper(),
+            };
+            let opened = stdio::open(&paths, &logger).await?;
             let pid_file = bundle_path.join("init.pid");
             let since = runc.reaper().generation();
-            if let Err(error) = runc
-                .create(
-                    &req.id,
-                    &bundle_path,
-                    &pid_file,
-                    &bundle_path.join("runc.log"),
-                    opened.io,
-                )
-                .await
-            {
-                if !error.id_taken() {
+            let log = bundle_path.join("runc.log");
+            let create = async {
+                Ok(runc
+                    .create(&req.id, &bundle_path, &pid_file, &log, opened.io)
+                    .await?)
+            };
+            let (created, console) = match opened.console {
+                None => (create.await, None),
+                Some(pending) => match pending.attach_during(create).await {
+                    Ok(((), console)) => (Ok(()), Some(console)),
+                    Err(error) => (Err(error), None),
+                },
+            };
+            if let Err(error) = created {
+                // Never touch a container of that id that was already there.
+                if !matches!(&error, TaskError::Runc(e) if e.id_taken()) {
                     let _ = runc.delete(&req.id).await;
                 }
-                return Err(TaskError::from(error));
+                return Err(error);
             }
             let pid = read_pid(&pid_file).ok_or(TaskError::Io {
                 what: "runc's pid file holds no pid",
                 source: std::io::ErrorKind::InvalidData.into(),
             })?;
-            Ok((pid, runc.reaper().watch(pid, since), opened.hook_sink))
+            Ok((
+                pid,
+                runc.reaper().watch(pid, since),
+                opened.hook_sink,
+                console,
+            ))
         }
         .await;
-        let (pid, exit, sink) = match created {
+        let (pid, exit, sink, console) = match created {
             Ok(created) => created,
             Err(error) => {
                 if rootfs_mounted {
@@ -124,6 +142,7 @@ impl Task {
             runc,
             events,
             exit: ExitCell::new(),
+            console,
             plan,
             hooks,
             rootfs_mounted,
