@@ -215,7 +215,7 @@ pub fn make_busybox_rootfs(rootfs: &Path) {
     fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
 }
 
-fn processes_rooted_at(rootfs: &Path) -> Vec<String> {
+pub fn processes_rooted_at(rootfs: &Path) -> Vec<String> {
     let rootfs = fs::canonicalize(rootfs).unwrap();
     let mut found = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {

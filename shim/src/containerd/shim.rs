@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::util::write_str_to_file;
 use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::{Config, DeleteResponse, Error, Flags, StartOpts};
 
@@ -17,6 +18,10 @@ use crate::runc::Runc;
 pub struct LifecycleShim {
     id: String,
     namespace: String,
+    /// containerd's address, from which the shim's socket path is derived.
+    address: String,
+    /// The ttrpc socket this shim serves (`unix://...`), removed when it exits.
+    socket: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -28,18 +33,25 @@ impl Shim for LifecycleShim {
         LifecycleShim {
             id: args.id.clone(),
             namespace: args.namespace.clone(),
+            address: args.address.clone(),
+            socket: args.socket.clone(),
             exit: Arc::default(),
         }
     }
 
-    /// One shim per container: the container id is the grouping.
+    /// One shim per container: the container id is the grouping. The address also goes into
+    /// the bundle's `address` file, which is how containerd finds the shim again after it
+    /// restarts.
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
         let grouping = opts.id.clone();
-        spawn(opts, &grouping, Vec::new()).await
+        let address = spawn(opts, &grouping, Vec::new()).await?;
+        write_str_to_file("address", &address).await?;
+        Ok(address)
     }
 
     /// Runs as a fresh process in the bundle directory after the shim is gone: whatever runc
-    /// still has of the container is deleted and the rootfs unmounted.
+    /// still has of the container is deleted, the rootfs unmounted, and the dead shim's socket
+    /// removed.
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
         let reaper = Reaper::start().map_err(|e| Error::Other(e.to_string()))?;
         let runc = Runc::new("runc".into(), Some(runc_root(&self.namespace)), reaper);
@@ -52,6 +64,11 @@ impl Shim for LifecycleShim {
         if let Err(error) = containerd_shim::mount::umount_recursive(rootfs.to_str(), 0) {
             tracing::warn!(%error, "unmounting the rootfs during cleanup");
         }
+        remove_socket(&containerd_shim::socket_address(
+            &self.address,
+            &self.namespace,
+            &self.id,
+        ));
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
             exited_at: Some(timestamp(std::time::SystemTime::now())).into(),
@@ -59,13 +76,26 @@ impl Shim for LifecycleShim {
         })
     }
 
+    /// Returns once Shutdown was called after the task's deletion. The socket goes with the
+    /// shim: the crate removes it only when the bundle has an `address` file, which
+    /// containerd 1.6 does not leave there.
     async fn wait(&mut self) {
         self.exit.wait().await;
+        remove_socket(&self.socket);
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Service {
         crate::logging::init_shim_log();
         let reaper = Reaper::start().expect("the shim must be able to reap its children");
         Service::new(&self.namespace, self.exit.clone(), publisher, reaper)
+    }
+}
+
+fn remove_socket(address: &str) {
+    let path = address.trim_start_matches("unix://");
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!(%error, socket = path, "could not remove the shim's socket"),
     }
 }

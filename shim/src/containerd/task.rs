@@ -51,6 +51,8 @@ struct Inner {
     sink: Option<Sink>,
     /// The status to report instead of the init process's own (a failed init container's).
     exit_override: Option<i32>,
+    /// PostStart failed; the task then never reports success, as with `run`.
+    hook_failed: bool,
 }
 
 impl Task {
@@ -152,6 +154,7 @@ impl Task {
                 stop: None,
                 sink,
                 exit_override: None,
+                hook_failed: false,
             }),
         });
         let monitor = task.clone();
@@ -188,12 +191,24 @@ impl Task {
     /// that case: the init containers run in the background and may take longer than
     /// containerd's Start deadline.
     pub async fn start(self: &Arc<Self>) -> Result<(), TaskError> {
-        let next = self.state().start()?;
-        if self.plan.init_containers.is_empty() {
+        self.state().start()?;
+        let no_inits = self.plan.init_containers.is_empty();
+        if no_inits {
             self.runc.start(&self.id).await?;
-            self.lock().state = next.started()?;
-        } else {
-            self.lock().state = next;
+        }
+        {
+            // Applied to the state as it is now: a quick entrypoint may already have exited,
+            // and been recorded as stopped, while runc start returned.
+            let mut inner = self.lock();
+            let next = inner.state.start();
+            let next = if no_inits {
+                next.and_then(State::started)
+            } else {
+                next
+            };
+            if let Ok(next) = next {
+                inner.state = next;
+            }
         }
         let event = TaskStart {
             container_id: self.id.clone(),
@@ -236,6 +251,7 @@ impl Task {
         let report = run_hook(&c, Phase::PostStart, hook, None).await;
         if report.failed() {
             self.report(&format!("{}: {report}", report.reason()));
+            self.lock().hook_failed = true;
             self.begin_stop();
         }
     }
@@ -315,7 +331,11 @@ impl Task {
                 handle.abort();
             }
             inner.sink = None;
-            inner.exit_override.take().unwrap_or(status.code())
+            match (inner.exit_override.take(), status.code()) {
+                (Some(code), _) => code,
+                (None, 0) if inner.hook_failed => 1,
+                (None, code) => code,
+            }
         };
         let exited = Exited::now(code);
         self.exit.set(exited);

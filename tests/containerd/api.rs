@@ -1,0 +1,310 @@
+//! The task API beyond hooks: exec, ps, metrics, pause/resume, terminals, log URIs, parity with
+//! containerd's runc shim, a killed shim, and a containerd restart.
+
+use std::process::Command;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+
+use crate::lifecycle::args_ref;
+use crate::support::wait_for_line;
+use crate::{Env, LIFECYCLE, RUNC_RUNTIME};
+
+const IDLE: &str = "echo up > /markers/up; while :; do sleep 1000 & wait $!; done";
+
+#[test]
+fn exec_ps_metrics_pause_and_resume_work() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({"terminationGracePeriodSeconds": 5});
+    env.ctr_ok(&args_ref(&env.run_args(
+        LIFECYCLE,
+        "api",
+        Some(&spec),
+        &["-d"],
+        IDLE,
+    )));
+    wait_for_line(&env.marker("up"), Some("up"));
+    env.wait_for_status("api", "RUNNING");
+
+    let out = env.containerd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "api",
+        "sh",
+        "-c",
+        "echo from exec; exit 5",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from exec\n");
+
+    let ps = env.ctr_ok(&["task", "ps", "api"]);
+    let pids: Vec<&str> = ps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(pids.len() >= 2, "ctr task ps: {ps}");
+
+    let metrics = env.ctr_ok(&["task", "metrics", "api"]);
+    assert!(
+        metrics.contains("memory.usage_in_bytes"),
+        "ctr task metrics: {metrics}"
+    );
+
+    env.ctr_ok(&["task", "pause", "api"]);
+    assert_eq!(env.containerd.task_status("api").as_deref(), Some("PAUSED"));
+    env.ctr_ok(&["task", "resume", "api"]);
+    assert_eq!(
+        env.containerd.task_status("api").as_deref(),
+        Some("RUNNING")
+    );
+
+    env.ctr_ok(&["task", "kill", "-s", "SIGKILL", "api"]);
+    env.wait_for_status("api", "STOPPED");
+    env.remove("api");
+    env.assert_clean(&["api"]);
+}
+
+#[test]
+fn ctr_run_t_gets_a_terminal() {
+    let Some(env) = Env::new() else { return };
+    let args = env.run_args(
+        LIFECYCLE,
+        "tty",
+        Some(&json!({})),
+        &["--rm", "-t"],
+        "tty; exit 4",
+    );
+    let ctr = format!(
+        "ctr -a {} -n {} {}",
+        env.containerd.address().display(),
+        env.containerd.namespace(),
+        args.iter()
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    // ctr -t needs a terminal of its own: script gives it one.
+    let out = Command::new("script")
+        .args(["-qec", &ctr, "/dev/null"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("/dev/pts/"),
+        "no terminal in the container: {stdout}"
+    );
+    assert_eq!(out.status.code(), Some(4), "{stdout}");
+    env.assert_clean(&["tty"]);
+}
+
+#[test]
+fn file_and_binary_log_uris_receive_the_output_and_hook_lines() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({"postStart": {"exec": {"command": ["sh", "-c", "echo hook line"]}}});
+    // The entrypoint outlives PostStart: it waits for the hook's line in its own log.
+    let script = |log: &str| {
+        format!("echo out-line; echo err-line >&2; while ! grep -q hook /markers/{log} 2>/dev/null; do sleep 0.05; done")
+    };
+
+    let file = env.marker("file.log");
+    let uri = format!("file://{}", file.display());
+    let args = env.run_args(
+        LIFECYCLE,
+        "filelog",
+        Some(&spec),
+        &["--rm", "--log-uri", &uri],
+        &script("file.log"),
+    );
+    let out = env.ctr(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    for line in ["out-line", "err-line", "[postStart] hook line"] {
+        assert!(text.contains(line), "{line:?} not in the file log: {text}");
+    }
+
+    // A logging binary by containerd's protocol: stdout on fd 3, stderr on fd 4, ready when
+    // fd 5 closes.
+    let logger = env.marker("logger.sh");
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\necho \"$CONTAINER_NAMESPACE/$CONTAINER_ID\" > \"$2/who\"\nexec 5>&-\n\
+         cat <&3 > \"$2/stdout.log\" &\ncat <&4 > \"$2/stderr.log\" &\nwait\n",
+    )
+    .unwrap();
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&logger, executable).unwrap();
+    let uri = format!(
+        "binary://{}?dir={}",
+        logger.display(),
+        env.markers().display()
+    );
+    let args = env.run_args(
+        LIFECYCLE,
+        "binlog",
+        Some(&spec),
+        &["--rm", "--log-uri", &uri],
+        &script("stderr.log"),
+    );
+    let out = env.ctr(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for_line(&env.marker("stderr.log"), Some("[postStart] hook line"));
+    assert_eq!(env.lines("stdout.log"), ["out-line"]);
+    assert!(env.lines("stderr.log").contains(&"err-line".to_owned()));
+    assert_eq!(
+        env.lines("who"),
+        [format!("{}/binlog", env.containerd.namespace())]
+    );
+    env.assert_clean(&["filelog", "binlog"]);
+}
+
+/// What a container without a spec shows under a runtime: exit status, stdout, stderr, an
+/// exec's output and status, and the status after SIGTERM.
+fn observe(
+    env: &Env,
+    runtime: &str,
+    id: &str,
+) -> (Option<i32>, String, String, String, Option<i32>, String) {
+    let out = env.ctr(&env.run_args(
+        runtime,
+        id,
+        None,
+        &["--rm"],
+        "echo to-stdout; echo to-stderr >&2; exit 3",
+    ));
+    let (code, stdout, stderr) = (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    let up = format!("{id}-up");
+    // PID 1 ignores signals it has no handler for, so the trap makes SIGTERM's arrival visible.
+    let script = format!(
+        "trap 'exit 143' TERM; echo up > /markers/{up}; while :; do sleep 1000 & wait $!; done"
+    );
+    env.ctr_ok(&args_ref(&env.run_args(
+        runtime,
+        id,
+        None,
+        &["-d"],
+        &script,
+    )));
+    wait_for_line(&env.marker(&up), Some("up"));
+    env.wait_for_status(id, "RUNNING");
+    let exec = env.containerd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "x",
+        id,
+        "sh",
+        "-c",
+        "echo in-exec; exit 6",
+    ]);
+    env.ctr_ok(&["task", "kill", id]);
+    env.wait_for_status(id, "STOPPED");
+    // ctr warns "task ID exit with non-zero exit code N" with a timestamp; keep the code.
+    let removed = env.remove(id);
+    let removed = removed
+        .split("exit code ")
+        .nth(1)
+        .map(|rest| {
+            rest.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .to_owned()
+        })
+        .unwrap_or_default();
+    (
+        code,
+        stdout,
+        stderr,
+        String::from_utf8_lossy(&exec.stdout).into_owned(),
+        exec.status.code(),
+        removed,
+    )
+}
+
+#[test]
+fn containers_without_a_spec_behave_as_under_the_runc_shim() {
+    let Some(env) = Env::new() else { return };
+    let ours = observe(&env, LIFECYCLE, "ours");
+    let theirs = observe(&env, RUNC_RUNTIME, "theirs");
+    assert_eq!(ours.0, Some(3));
+    assert_eq!(ours.1, "to-stdout\n");
+    assert_eq!(ours.3, "in-exec\n");
+    assert_eq!(ours.4, Some(6));
+    assert_eq!(ours.5, "143", "SIGTERM passes straight through");
+    assert_eq!(ours, theirs);
+    env.assert_clean(&["ours", "theirs"]);
+}
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_containerd() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({"preStop": {"exec": {"command": ["true"]}}});
+    env.ctr_ok(&args_ref(&env.run_args(
+        LIFECYCLE,
+        "orphan",
+        Some(&spec),
+        &["-d"],
+        IDLE,
+    )));
+    wait_for_line(&env.marker("up"), Some("up"));
+    env.wait_for_status("orphan", "RUNNING");
+    let shims = env.containerd.shim_processes();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let pid: i32 = shims[0].split(':').next().unwrap().parse().unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    // containerd notices the lost shim, runs `containerd-shim-lifecycle-v2 delete` and drops
+    // the task.
+    crate::support::wait_until("containerd has dropped the task", || {
+        env.containerd.task_status("orphan").is_none()
+    });
+    let _ = env.containerd.ctr(&["task", "rm", "-f", "orphan"]);
+    env.ctr_ok(&["containers", "rm", "orphan"]);
+    env.assert_clean(&["orphan"]);
+}
+
+#[test]
+fn a_task_survives_a_containerd_restart_and_still_runs_prestop() {
+    let Some(mut env) = Env::new() else { return };
+    let spec =
+        json!({"preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /markers/order"]}}});
+    let script = "trap 'echo term >> /markers/order; exit 0' TERM; echo up > /markers/up; while :; do sleep 1000 & wait $!; done";
+    env.ctr_ok(&args_ref(&env.run_args(
+        LIFECYCLE,
+        "durable",
+        Some(&spec),
+        &["-d"],
+        script,
+    )));
+    wait_for_line(&env.marker("up"), Some("up"));
+    env.wait_for_status("durable", "RUNNING");
+    env.containerd.restart();
+    assert_eq!(
+        env.containerd.task_status("durable").as_deref(),
+        Some("RUNNING")
+    );
+    env.ctr_ok(&["task", "kill", "durable"]);
+    env.wait_for_status("durable", "STOPPED");
+    assert_eq!(env.lines("order"), ["prestop", "term"]);
+    env.remove("durable");
+    env.assert_clean(&["durable"]);
+}

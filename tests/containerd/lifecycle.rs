@@ -1,0 +1,279 @@
+//! Lifecycle hooks through containerd: the `run` suite's observable checks (marker files,
+//! ordering, exit statuses) with `ctr` and the `io.containerd.lifecycle.v2` runtime.
+
+use serde_json::json;
+
+use crate::support::wait_for_line;
+use crate::{Env, LIFECYCLE};
+
+/// Records the stop signal, says it is up, then idles.
+const WAIT_FOR_TERM: &str =
+    "trap 'echo term >> /markers/order; exit 0' TERM; echo up > /markers/up; while :; do sleep 1000 & wait $!; done";
+
+/// An init container that leaves busybox httpd on the container's loopback; it binds before
+/// it daemonizes, so hooks never race it.
+fn http_server_init() -> serde_json::Value {
+    json!({"name": "server", "command": ["httpd", "-p", "127.0.0.1:8080", "-h", "/www"]})
+}
+
+/// A CGI script that appends `marker` to /markers/order and answers 200.
+fn cgi(env: &Env, name: &str, marker: &str) {
+    env.add_script(
+        &format!("/www/cgi-bin/{name}"),
+        &format!("#!/bin/sh\necho {marker} >> /markers/order\nprintf 'HTTP/1.0 200 OK\\r\\n\\r\\nok\\n'\n"),
+    );
+}
+
+#[test]
+fn poststart_and_init_containers_run_in_order_under_ctr() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({
+        "initContainers": [
+            {"name": "first", "command": ["sh", "-c", "echo first >> /markers/order"]},
+            {"name": "second", "command": ["sh", "-c", "echo second-$GREETING >> /markers/order"],
+             "env": [{"name": "GREETING", "value": "hi"}]}
+        ],
+        "postStart": {"exec": {"command": ["sh", "-c",
+            "echo \"$LIFECYCLE_PHASE $LIFECYCLE_CONTAINER_ID\" > /markers/env; echo hook says hi; touch /tmp/ready"]}}
+    });
+    let args = env.run_args(
+        LIFECYCLE,
+        "hooked",
+        Some(&spec),
+        &["--rm"],
+        "while [ ! -f /tmp/ready ]; do sleep 0.05; done; echo main >> /markers/order; exit 7",
+    );
+    let out = env.ctr(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stderr: {stderr}\n{}",
+        env.containerd.log()
+    );
+    assert_eq!(env.lines("order"), ["first", "second-hi", "main"]);
+    assert_eq!(env.lines("env"), ["postStart hooked"]);
+    // Hook output is part of the container's stderr stream.
+    assert!(
+        stderr.contains("[postStart] hook says hi"),
+        "stderr: {stderr}"
+    );
+    env.assert_clean(&["hooked"]);
+}
+
+#[test]
+fn poststart_http_get_reaches_the_container_loopback_under_ctr() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({
+        "initContainers": [http_server_init()],
+        "postStart": {"httpGet": {"port": 8080, "path": "/cgi-bin/start"}}
+    });
+    cgi(&env, "start", "poststart-http");
+    let args = env.run_args(
+        LIFECYCLE,
+        "http",
+        Some(&spec),
+        &["--rm"],
+        "while [ ! -s /markers/order ]; do sleep 0.05; done",
+    );
+    let out = env.ctr(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.lines("order"), ["poststart-http"]);
+    env.assert_clean(&["http"]);
+}
+
+#[test]
+fn a_failed_poststart_kills_the_task_with_prestop_and_says_why() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({
+        "postStart": {"exec": {"command": ["sh", "-c", "echo cannot warm up; exit 4"]}},
+        "preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /markers/order"]}}
+    });
+    let args = env.run_args(LIFECYCLE, "failing", Some(&spec), &["--rm"], WAIT_FOR_TERM);
+    let out = env.ctr(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("FailedPostStartHook"), "stderr: {stderr}");
+    assert!(stderr.contains("cannot warm up"), "stderr: {stderr}");
+    // The TERM trap exits 0, but a failed PostStart never looks like success.
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(env.lines("order"), ["prestop", "term"]);
+    env.assert_clean(&["failing"]);
+}
+
+/// `ctr task kill` returns while PreStop still runs: PreStop here waits for a file the test
+/// writes only after the kill returned.
+#[test]
+fn task_kill_returns_at_once_and_prestop_finishes_before_sigterm() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({"preStop": {"exec": {"command": ["sh", "-c",
+        "echo prestop >> /markers/order; while [ ! -f /markers/release ]; do sleep 0.05; done; echo prestop-done >> /markers/order"]}}});
+    env.ctr_ok(&args_ref(&env.run_args(
+        LIFECYCLE,
+        "stopper",
+        Some(&spec),
+        &["-d"],
+        WAIT_FOR_TERM,
+    )));
+    wait_for_line(&env.marker("up"), Some("up"));
+    env.wait_for_status("stopper", "RUNNING");
+    env.ctr_ok(&["task", "kill", "stopper"]);
+    wait_for_line(&env.marker("order"), Some("prestop"));
+    assert_eq!(
+        env.lines("order"),
+        ["prestop"],
+        "the container was signalled during PreStop"
+    );
+    std::fs::write(env.marker("release"), "").unwrap();
+    env.wait_for_status("stopper", "STOPPED");
+    assert_eq!(env.lines("order"), ["prestop", "prestop-done", "term"]);
+    env.remove("stopper");
+    env.assert_clean(&["stopper"]);
+}
+
+#[test]
+fn prestop_http_get_runs_before_sigterm_under_ctr() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({
+        "initContainers": [http_server_init()],
+        "preStop": {"httpGet": {"port": 8080, "path": "/cgi-bin/drain"}}
+    });
+    cgi(&env, "drain", "prestop-http");
+    env.ctr_ok(&args_ref(&env.run_args(
+        LIFECYCLE,
+        "drainer",
+        Some(&spec),
+        &["-d"],
+        WAIT_FOR_TERM,
+    )));
+    wait_for_line(&env.marker("up"), Some("up"));
+    env.wait_for_status("drainer", "RUNNING");
+    env.ctr_ok(&["task", "kill", "drainer"]);
+    env.wait_for_status("drainer", "STOPPED");
+    assert_eq!(env.lines("order"), ["prestop-http", "term"]);
+    env.remove("drainer");
+    env.assert_clean(&["drainer"]);
+}
+
+#[test]
+fn sigkill_during_prestop_kills_at_once() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({
+        "preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /markers/order; sleep 600"]}},
+        "terminationGracePeriodSeconds": 600
+    });
+    env.ctr_ok(&args_ref(&env.run_args(
+        LIFECYCLE,
+        "victim",
+        Some(&spec),
+        &["-d"],
+        WAIT_FOR_TERM,
+    )));
+    wait_for_line(&env.marker("up"), Some("up"));
+    env.wait_for_status("victim", "RUNNING");
+    env.ctr_ok(&["task", "kill", "victim"]);
+    wait_for_line(&env.marker("order"), Some("prestop"));
+    env.ctr_ok(&["task", "kill", "-s", "SIGKILL", "victim"]);
+    env.wait_for_status("victim", "STOPPED");
+    // Killed: the TERM trap never ran.
+    assert_eq!(env.lines("order"), ["prestop"]);
+    let stderr = env.remove("victim");
+    assert!(stderr.contains("exit code 137"), "ctr task rm: {stderr}");
+    env.assert_clean(&["victim"]);
+}
+
+/// Start returns while an init container still runs: here one that waits for the test, so it
+/// would outlast any deadline containerd or the CRI plugin puts on Start.
+#[test]
+fn start_returns_while_init_containers_run() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({"initContainers": [{"name": "slow", "command": ["sh", "-c",
+        "echo waiting > /markers/init; while [ ! -f /markers/release ]; do sleep 0.05; done"]}]});
+    env.ctr_ok(&args_ref(&env.run_args(
+        LIFECYCLE,
+        "slow",
+        Some(&spec),
+        &["-d"],
+        "echo main >> /markers/order",
+    )));
+    wait_for_line(&env.marker("init"), Some("waiting"));
+    assert_eq!(
+        env.containerd.task_status("slow").as_deref(),
+        Some("RUNNING")
+    );
+    assert!(
+        env.lines("order").is_empty(),
+        "the entrypoint ran before its init container ended"
+    );
+    std::fs::write(env.marker("release"), "").unwrap();
+    env.wait_for_status("slow", "STOPPED");
+    assert_eq!(env.lines("order"), ["main"]);
+    env.remove("slow");
+    env.assert_clean(&["slow"]);
+}
+
+#[test]
+fn a_failing_init_container_ends_the_task_with_its_status() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({"initContainers": [
+        {"name": "migrate", "command": ["sh", "-c", "echo schema is locked; exit 3"]},
+        {"name": "never", "command": ["sh", "-c", "echo never >> /markers/order"]}
+    ]});
+    let args = env.run_args(
+        LIFECYCLE,
+        "initfail",
+        Some(&spec),
+        &["--rm"],
+        "echo main >> /markers/order",
+    );
+    let out = env.ctr(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
+    assert!(
+        env.lines("order").is_empty(),
+        "ran: {:?}",
+        env.lines("order")
+    );
+    assert!(
+        stderr.contains("\"migrate\" failed: exited with exit code 3"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("the entrypoint was not started"),
+        "stderr: {stderr}"
+    );
+    env.assert_clean(&["initfail"]);
+}
+
+#[test]
+fn a_bad_spec_fails_create_with_invalid_argument_and_leaves_nothing() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({"preStop": {"httpGet": {"port": 0}}});
+    let args = env.run_args(
+        LIFECYCLE,
+        "bad",
+        Some(&spec),
+        &["--rm"],
+        "echo main >> /markers/order",
+    );
+    let out = env.ctr(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("preStop.httpGet.port: must be 1..65535"),
+        "stderr: {stderr}"
+    );
+    assert!(stderr.contains("invalid argument"), "stderr: {stderr}");
+    assert!(env.lines("order").is_empty());
+    // ctr keeps the container record when task creation fails; remove it, then check.
+    let _ = env.containerd.ctr(&["containers", "rm", "bad"]);
+    env.assert_clean(&["bad"]);
+}
+
+pub fn args_ref(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
