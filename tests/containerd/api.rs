@@ -308,3 +308,144 @@ fn a_task_survives_a_containerd_restart_and_still_runs_prestop() {
     env.remove("durable");
     env.assert_clean(&["durable"]);
 }
+
+/// Events reach containerd in the order it requires: create, start, exec-added, exec-started,
+/// the exec's exit, the task's exit, delete. An exec still running when the task is killed
+/// (here by `kill --all`) ends first.
+#[test]
+fn events_are_published_in_order() {
+    let Some(env) = Env::new() else { return };
+    let mut events = env.containerd.spawn_ctr(&["events"]);
+    let spec = json!({"terminationGracePeriodSeconds": 5});
+    env.ctr_ok(&args_ref(&env.run_args(
+        LIFECYCLE,
+        "ev",
+        Some(&spec),
+        &["-d"],
+        IDLE,
+    )));
+    wait_for_line(&env.marker("up"), Some("up"));
+    env.wait_for_status("ev", "RUNNING");
+    let exec = env.containerd.spawn_ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "long",
+        "ev",
+        "sh",
+        "-c",
+        "echo exec-up > /markers/exec; while :; do sleep 1000 & wait $!; done",
+    ]);
+    wait_for_line(&env.marker("exec"), Some("exec-up"));
+    env.ctr_ok(&["task", "kill", "--all", "-s", "SIGKILL", "ev"]);
+    env.wait_for_status("ev", "STOPPED");
+    exec.wait();
+    env.remove("ev");
+    crate::support::wait_until("the delete event arrives", || {
+        events.stdout().contains("/tasks/delete")
+    });
+    let _ = events.child.kill();
+    let topics: Vec<String> = events
+        .stdout()
+        .lines()
+        .filter(|line| line.contains("\"ev\""))
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find(|w| w.starts_with("/tasks/"))
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
+            "/tasks/exit",
+            "/tasks/delete"
+        ]
+    );
+    let log = events.stdout();
+    let exits: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("/tasks/exit"))
+        .map(|l| {
+            if l.contains("\"long\"") {
+                "exec"
+            } else {
+                "task"
+            }
+        })
+        .collect();
+    assert_eq!(exits, ["exec", "task"], "the exec's exit must come first");
+    env.assert_clean(&["ev"]);
+}
+
+/// Calls containerd does not expose through ctr 1.6, made on the shim's own socket with
+/// containerd's ttrpc client: Update, Connect, and an unsupported call.
+#[test]
+fn update_connect_and_unsupported_calls_on_the_shim_socket() {
+    use containerd_shim_protos::api::{CheckpointTaskRequest, ConnectRequest, UpdateTaskRequest};
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::shim_sync::TaskClient;
+    use containerd_shim_protos::ttrpc;
+
+    let Some(env) = Env::new() else { return };
+    env.ctr_ok(&args_ref(&env.run_args(
+        LIFECYCLE,
+        "upd",
+        Some(&json!({})),
+        &["-d"],
+        IDLE,
+    )));
+    wait_for_line(&env.marker("up"), Some("up"));
+    env.wait_for_status("upd", "RUNNING");
+    let socket = format!("unix://{}", env.containerd.shim_socket("upd").display());
+    let tasks = TaskClient::new(ttrpc::Client::connect(&socket).unwrap());
+    let ctx = || ttrpc::context::with_timeout(30_000_000_000);
+
+    let resources = Any {
+        type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+        value: br#"{"memory": {"limit": 67108864}}"#.to_vec(),
+        ..Default::default()
+    };
+    let update = UpdateTaskRequest {
+        id: "upd".into(),
+        resources: Some(resources).into(),
+        ..Default::default()
+    };
+    tasks.update(ctx(), &update).unwrap();
+    let limit = format!(
+        "/sys/fs/cgroup/memory/{}/upd/memory.limit_in_bytes",
+        env.containerd.namespace()
+    );
+    assert_eq!(std::fs::read_to_string(&limit).unwrap().trim(), "67108864");
+
+    let connect = ConnectRequest {
+        id: "upd".into(),
+        ..Default::default()
+    };
+    let connected = tasks.connect(ctx(), &connect).unwrap();
+    assert!(
+        connected.task_pid > 0 && connected.shim_pid > 0,
+        "{connected:?}"
+    );
+
+    let checkpoint = CheckpointTaskRequest {
+        id: "upd".into(),
+        ..Default::default()
+    };
+    match tasks.checkpoint(ctx(), &checkpoint) {
+        Err(ttrpc::Error::RpcStatus(status)) => {
+            assert_eq!(status.code(), ttrpc::Code::UNIMPLEMENTED)
+        }
+        other => panic!("checkpoint answered {other:?}"),
+    }
+
+    env.ctr_ok(&["task", "kill", "-s", "SIGKILL", "upd"]);
+    env.wait_for_status("upd", "STOPPED");
+    env.remove("upd");
+    env.assert_clean(&["upd"]);
+}

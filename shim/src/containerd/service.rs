@@ -2,7 +2,6 @@
 //! [`Service`] that returns a typed [`TaskError`]; `TaskError::code` is the one mapping to
 //! ttrpc status codes.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -33,7 +32,6 @@ pub struct Service {
     publisher: Arc<RemotePublisher>,
     reaper: Reaper,
     task: Mutex<Option<Arc<Task>>>,
-    execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
 }
 
 /// Where a namespace's containers live in runc's state; `delete` (a fresh process) finds them
@@ -55,7 +53,6 @@ impl Service {
             publisher: Arc::new(publisher),
             reaper,
             task: Mutex::new(None),
-            execs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -88,11 +85,8 @@ impl Service {
             .ok_or_else(|| TaskError::NotFound(format!("task {id} not found")))
     }
 
-    fn exec(&self, exec_id: &str) -> Result<Arc<ExecProcess>, TaskError> {
-        self.lock_execs()
-            .get(exec_id)
-            .cloned()
-            .ok_or_else(|| TaskError::NotFound(format!("exec {exec_id} not found")))
+    fn exec(&self, id: &str, exec_id: &str) -> Result<Arc<ExecProcess>, TaskError> {
+        self.task(id)?.exec(exec_id)
     }
 
     async fn start(&self, req: StartRequest) -> Result<StartResponse, TaskError> {
@@ -101,7 +95,7 @@ impl Service {
             task.start().await?;
             task.pid
         } else {
-            self.exec(&req.exec_id)?.start(&task).await?
+            self.exec(&req.id, &req.exec_id)?.start(&task).await?
         };
         Ok(StartResponse {
             pid: pid as u32,
@@ -114,7 +108,7 @@ impl Service {
         let (state, pid, stdio, exit) = if req.exec_id.is_empty() {
             (task.state(), task.pid, task.stdio.clone(), task.exit.get())
         } else {
-            let exec = self.exec(&req.exec_id)?;
+            let exec = self.exec(&req.id, &req.exec_id)?;
             (
                 exec.state(),
                 exec.pid(),
@@ -144,7 +138,7 @@ impl Service {
         let exited = if req.exec_id.is_empty() {
             task.exit.wait().await
         } else {
-            self.exec(&req.exec_id)?.exit.wait().await
+            self.exec(&req.id, &req.exec_id)?.exit.wait().await
         };
         Ok(WaitResponse {
             exit_status: exited.status,
@@ -163,7 +157,7 @@ impl Service {
         if req.exec_id.is_empty() {
             task.kill(signal, req.all).await
         } else {
-            self.exec(&req.exec_id)?.kill(&task, signal)
+            self.exec(&req.id, &req.exec_id)?.kill(&task, signal)
         }
     }
 
@@ -172,9 +166,9 @@ impl Service {
         let (pid, exited) = if req.exec_id.is_empty() {
             (task.pid, task.delete().await?)
         } else {
-            let exec = self.exec(&req.exec_id)?;
+            let exec = self.exec(&req.id, &req.exec_id)?;
             let exited = exec.delete()?.unwrap_or_else(|| Exited::now(0));
-            self.lock_execs().remove(&req.exec_id);
+            task.remove_exec(&req.exec_id);
             (exec.pid(), exited)
         };
         let event = TaskDelete {
@@ -210,15 +204,7 @@ impl Service {
                 state: task.state(),
             }));
         }
-        if self.lock_execs().contains_key(&req.exec_id) {
-            return Err(TaskError::AlreadyExists(format!(
-                "exec {} already exists",
-                req.exec_id
-            )));
-        }
-        let exec = ExecProcess::add(&task, &req).await?;
-        self.lock_execs().insert(req.exec_id.clone(), exec);
-        Ok(())
+        task.add_exec(&req).await
     }
 
     async fn pids(&self, req: PidsRequest) -> Result<PidsResponse, TaskError> {
@@ -312,7 +298,7 @@ impl Service {
         let task = self.task(&req.id)?;
         let (width, height) = (req.width as u16, req.height as u16);
         if !req.exec_id.is_empty() {
-            return self.exec(&req.exec_id)?.resize(width, height);
+            return self.exec(&req.id, &req.exec_id)?.resize(width, height);
         }
         match &task.console {
             Some(console) => console
@@ -339,10 +325,6 @@ impl Service {
 
     fn lock_task(&self) -> MutexGuard<'_, Option<Arc<Task>>> {
         self.task.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_execs(&self) -> MutexGuard<'_, HashMap<String, Arc<ExecProcess>>> {
-        self.execs.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -2,11 +2,12 @@
 //! containers first, in the background, so Start returns at once), stopped with PreStop on a
 //! graceful Kill, and its exit recorded and published exactly once.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use containerd_shim::api::CreateTaskRequest;
+use containerd_shim::api::{CreateTaskRequest, ExecProcessRequest};
 use containerd_shim::protos::events::task::{TaskCreate, TaskExit, TaskIO, TaskStart};
 use containerd_shim::protos::topics;
 use lifecycle_hooks::{run_hook, run_init_containers, terminate, ExitStatus, Phase, Plan};
@@ -16,6 +17,7 @@ use tokio::task::AbortHandle;
 use super::console::Console;
 use super::error::TaskError;
 use super::events::{Events, ExitCell, Exited};
+use super::exec::ExecProcess;
 use super::state::{IllegalMove, State};
 use super::stdio::{self, LoggerContext, StdioPaths};
 use crate::bundle::{Bundle, SpecOrigin};
@@ -39,6 +41,7 @@ pub struct Task {
     hooks: bool,
     rootfs_mounted: bool,
     inner: Mutex<Inner>,
+    execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
 }
 
 struct Inner {
@@ -156,6 +159,7 @@ impl Task {
                 exit_override: None,
                 hook_failed: false,
             }),
+            execs: Mutex::new(HashMap::new()),
         });
         let monitor = task.clone();
         tokio::spawn(async move {
@@ -316,8 +320,32 @@ impl Task {
         }
     }
 
+    pub fn exec(&self, exec_id: &str) -> Result<Arc<ExecProcess>, TaskError> {
+        self.lock_execs()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| TaskError::NotFound(format!("exec {exec_id} not found")))
+    }
+
+    pub async fn add_exec(&self, req: &ExecProcessRequest) -> Result<(), TaskError> {
+        if self.lock_execs().contains_key(&req.exec_id) {
+            return Err(TaskError::AlreadyExists(format!(
+                "exec {} already exists",
+                req.exec_id
+            )));
+        }
+        let exec = ExecProcess::add(self, req).await?;
+        self.lock_execs().insert(req.exec_id.clone(), exec);
+        Ok(())
+    }
+
+    pub fn remove_exec(&self, exec_id: &str) {
+        self.lock_execs().remove(exec_id);
+    }
+
     /// The init process has been reaped: hooks still running are cancelled, the stream for
-    /// hook output is closed, and the exit is recorded and published.
+    /// hook output is closed, exec processes end (containerd expects their exits before the
+    /// init's), and the exit is recorded and published.
     async fn exited(&self, status: ExitStatus) {
         let code = {
             let mut inner = self.lock();
@@ -337,6 +365,19 @@ impl Task {
                 (None, code) => code,
             }
         };
+        // With its own PID namespace they die with the init; sharing the host's, they would not.
+        let running: Vec<_> = self
+            .lock_execs()
+            .values()
+            .filter(|e| e.state() == State::Running)
+            .cloned()
+            .collect();
+        for exec in &running {
+            let _ = self.runc.reaper().kill(exec.pid(), Signal::SIGKILL);
+        }
+        for exec in &running {
+            exec.exit.wait().await;
+        }
         let exited = Exited::now(code);
         self.exit.set(exited);
         tracing::info!(container = %self.id, status = code, "container exited");
@@ -408,6 +449,10 @@ impl Task {
         if let Some(sink) = &self.lock().sink {
             sink.write_line(&format!("lifecycle-shim: {message}\n"));
         }
+    }
+
+    fn lock_execs(&self) -> MutexGuard<'_, HashMap<String, Arc<ExecProcess>>> {
+        self.execs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
