@@ -17,15 +17,7 @@ const IDLE: &str = "echo up > /markers/up; while :; do sleep 1000 & wait $!; don
 fn exec_ps_metrics_pause_and_resume_work() {
     let Some(env) = Env::new() else { return };
     let spec = json!({"terminationGracePeriodSeconds": 5});
-    env.ctr_ok(&args_ref(&env.run_args(
-        LIFECYCLE,
-        "api",
-        Some(&spec),
-        &["-d"],
-        IDLE,
-    )));
-    wait_for_line(&env.marker("up"), Some("up"));
-    env.wait_for_status("api", "RUNNING");
+    env.run_detached("api", &spec, IDLE);
 
     let out = env.containerd.ctr(&[
         "task",
@@ -259,15 +251,7 @@ fn containers_without_a_spec_behave_as_under_the_runc_shim() {
 fn a_killed_shim_is_cleaned_up_by_containerd() {
     let Some(env) = Env::new() else { return };
     let spec = json!({"preStop": {"exec": {"command": ["true"]}}});
-    env.ctr_ok(&args_ref(&env.run_args(
-        LIFECYCLE,
-        "orphan",
-        Some(&spec),
-        &["-d"],
-        IDLE,
-    )));
-    wait_for_line(&env.marker("up"), Some("up"));
-    env.wait_for_status("orphan", "RUNNING");
+    env.run_detached("orphan", &spec, IDLE);
     let shims = env.containerd.shim_processes();
     assert_eq!(shims.len(), 1, "{shims:?}");
     let pid: i32 = shims[0].split(':').next().unwrap().parse().unwrap();
@@ -288,15 +272,7 @@ fn a_task_survives_a_containerd_restart_and_still_runs_prestop() {
     let spec =
         json!({"preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /markers/order"]}}});
     let script = "trap 'echo term >> /markers/order; exit 0' TERM; echo up > /markers/up; while :; do sleep 1000 & wait $!; done";
-    env.ctr_ok(&args_ref(&env.run_args(
-        LIFECYCLE,
-        "durable",
-        Some(&spec),
-        &["-d"],
-        script,
-    )));
-    wait_for_line(&env.marker("up"), Some("up"));
-    env.wait_for_status("durable", "RUNNING");
+    env.run_detached("durable", &spec, script);
     env.containerd.restart();
     assert_eq!(
         env.containerd.task_status("durable").as_deref(),
@@ -317,15 +293,7 @@ fn events_are_published_in_order() {
     let Some(env) = Env::new() else { return };
     let mut events = env.containerd.spawn_ctr(&["events"]);
     let spec = json!({"terminationGracePeriodSeconds": 5});
-    env.ctr_ok(&args_ref(&env.run_args(
-        LIFECYCLE,
-        "ev",
-        Some(&spec),
-        &["-d"],
-        IDLE,
-    )));
-    wait_for_line(&env.marker("up"), Some("up"));
-    env.wait_for_status("ev", "RUNNING");
+    env.run_detached("ev", &spec, IDLE);
     let exec = env.containerd.spawn_ctr(&[
         "task",
         "exec",
@@ -393,15 +361,7 @@ fn update_connect_and_unsupported_calls_on_the_shim_socket() {
     use containerd_shim_protos::ttrpc;
 
     let Some(env) = Env::new() else { return };
-    env.ctr_ok(&args_ref(&env.run_args(
-        LIFECYCLE,
-        "upd",
-        Some(&json!({})),
-        &["-d"],
-        IDLE,
-    )));
-    wait_for_line(&env.marker("up"), Some("up"));
-    env.wait_for_status("upd", "RUNNING");
+    env.run_detached("upd", &json!({}), IDLE);
     let socket = format!("unix://{}", env.containerd.shim_socket("upd").display());
     let tasks = TaskClient::new(ttrpc::Client::connect(&socket).unwrap());
     let ctx = || ttrpc::context::with_timeout(30_000_000_000);

@@ -112,15 +112,7 @@ fn task_kill_returns_at_once_and_prestop_finishes_before_sigterm() {
     let Some(env) = Env::new() else { return };
     let spec = json!({"preStop": {"exec": {"command": ["sh", "-c",
         "echo prestop >> /markers/order; while [ ! -f /markers/release ]; do sleep 0.05; done; echo prestop-done >> /markers/order"]}}});
-    env.ctr_ok(&args_ref(&env.run_args(
-        LIFECYCLE,
-        "stopper",
-        Some(&spec),
-        &["-d"],
-        WAIT_FOR_TERM,
-    )));
-    wait_for_line(&env.marker("up"), Some("up"));
-    env.wait_for_status("stopper", "RUNNING");
+    env.run_detached("stopper", &spec, WAIT_FOR_TERM);
     env.ctr_ok(&["task", "kill", "stopper"]);
     wait_for_line(&env.marker("order"), Some("prestop"));
     assert_eq!(
@@ -143,15 +135,7 @@ fn prestop_http_get_runs_before_sigterm_under_ctr() {
         "preStop": {"httpGet": {"port": 8080, "path": "/cgi-bin/drain"}}
     });
     cgi(&env, "drain", "prestop-http");
-    env.ctr_ok(&args_ref(&env.run_args(
-        LIFECYCLE,
-        "drainer",
-        Some(&spec),
-        &["-d"],
-        WAIT_FOR_TERM,
-    )));
-    wait_for_line(&env.marker("up"), Some("up"));
-    env.wait_for_status("drainer", "RUNNING");
+    env.run_detached("drainer", &spec, WAIT_FOR_TERM);
     env.ctr_ok(&["task", "kill", "drainer"]);
     env.wait_for_status("drainer", "STOPPED");
     assert_eq!(env.lines("order"), ["prestop-http", "term"]);
@@ -166,15 +150,7 @@ fn sigkill_during_prestop_kills_at_once() {
         "preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /markers/order; sleep 600"]}},
         "terminationGracePeriodSeconds": 600
     });
-    env.ctr_ok(&args_ref(&env.run_args(
-        LIFECYCLE,
-        "victim",
-        Some(&spec),
-        &["-d"],
-        WAIT_FOR_TERM,
-    )));
-    wait_for_line(&env.marker("up"), Some("up"));
-    env.wait_for_status("victim", "RUNNING");
+    env.run_detached("victim", &spec, WAIT_FOR_TERM);
     env.ctr_ok(&["task", "kill", "victim"]);
     wait_for_line(&env.marker("order"), Some("prestop"));
     env.ctr_ok(&["task", "kill", "-s", "SIGKILL", "victim"]);

@@ -259,20 +259,23 @@ impl Env {
     }
 
     pub fn lines(&self, name: &str) -> Vec<String> {
-        fs::read_to_string(self.marker(name))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        support::read_lines(&self.marker(name))
     }
 
     /// Writes an executable file into the rootfs (e.g. a CGI script for busybox httpd).
     pub fn add_script(&self, path: &str, body: &str) {
-        use std::os::unix::fs::PermissionsExt;
-        let file = Path::new(&self.rootfs).join(path.trim_start_matches('/'));
-        fs::create_dir_all(file.parent().unwrap()).unwrap();
-        fs::write(&file, body).unwrap();
-        fs::set_permissions(&file, fs::Permissions::from_mode(0o755)).unwrap();
+        support::write_executable(Path::new(&self.rootfs), path, body);
+    }
+
+    /// `ctr run -d` of a script that writes `/markers/up` when it is ready; returns once it has
+    /// and the task is RUNNING.
+    #[track_caller]
+    pub fn run_detached(&self, id: &str, spec: &serde_json::Value, script: &str) {
+        let args = self.run_args(LIFECYCLE, id, Some(spec), &["-d"], script);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ctr_ok(&args);
+        support::wait_for_line(&self.marker("up"), Some("up"));
+        self.wait_for_status(id, "RUNNING");
     }
 
     #[track_caller]

@@ -49,25 +49,10 @@ const DISABLED_PLUGINS: &[&str] = &[
 /// Whether containerd, ctr and the stock runc shim are installed; under `CI=true` a missing
 /// one fails the test instead of skipping it. Complements [`crate::support::prerequisites`].
 pub fn containerd_prerequisites() -> bool {
-    let missing: Vec<&str> = ["containerd", "ctr", "containerd-shim-runc-v2"]
-        .into_iter()
-        .filter(|tool| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let message = format!("needs {} (apt-get install containerd)", missing.join(", "));
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{message}");
-    }
-    eprintln!("skipping: {message}");
-    false
+    crate::support::require(
+        Vec::new(),
+        &["containerd", "ctr", "containerd-shim-runc-v2"],
+    )
 }
 
 /// A running private containerd; dropping it cleans up its namespace and stops it.

@@ -22,14 +22,20 @@ pub fn prerequisites() -> bool {
     if !nix::unistd::geteuid().is_root() {
         missing.push("root".to_owned());
     }
-    for tool in ["runc", BUSYBOX] {
+    require(missing, &["runc", BUSYBOX])
+}
+
+/// True when nothing is `missing` and every tool is on PATH; otherwise says what is missing
+/// and skips, or under `CI=true` fails.
+pub fn require(mut missing: Vec<String>, tools: &[&str]) -> bool {
+    for tool in tools {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if !found {
-            missing.push(tool.to_owned());
+            missing.push(tool.to_string());
         }
     }
     if missing.is_empty() {
@@ -41,6 +47,24 @@ pub fn prerequisites() -> bool {
     }
     eprintln!("skipping: {message}");
     false
+}
+
+/// Lines of a file, none if it does not exist.
+pub fn read_lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Writes an executable file under `root`, e.g. a CGI script for busybox httpd in a rootfs.
+pub fn write_executable(root: &Path, path: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let file = root.join(path.trim_start_matches('/'));
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    fs::write(&file, body).unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// A busybox bundle in a temporary directory, with a host directory bind-mounted at
@@ -106,11 +130,7 @@ impl TestBundle {
 
     /// Writes an executable file into the rootfs, e.g. a CGI script for busybox httpd.
     pub fn add_script(&self, path: &str, body: &str) {
-        use std::os::unix::fs::PermissionsExt;
-        let file = self.rootfs().join(path.trim_start_matches('/'));
-        fs::create_dir_all(file.parent().unwrap()).unwrap();
-        fs::write(&file, body).unwrap();
-        fs::set_permissions(&file, fs::Permissions::from_mode(0o755)).unwrap();
+        write_executable(&self.rootfs(), path, body);
     }
 
     pub fn save(&self) {
@@ -139,11 +159,7 @@ impl TestBundle {
 
     /// Lines of a marker file, empty if it does not exist.
     pub fn lines(&self, name: &str) -> Vec<String> {
-        fs::read_to_string(self.marker(name))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        read_lines(&self.marker(name))
     }
 
     /// Starts `lifecycle-shim run` on this bundle, with a private runc root.
