@@ -520,6 +520,26 @@ fn the_container_exit_status_is_passed_through_without_hooks() {
     bundle.assert_clean();
 }
 
+/// The bundle reaches runc as it is: an OCI hook in config.json (how Docker and nerdctl set
+/// up networking) runs beside the lifecycle hooks.
+#[test]
+fn oci_hooks_in_config_json_still_run() {
+    if !prerequisites() {
+        return;
+    }
+    let mut bundle = TestBundle::new("echo main >> /markers/order")
+        .with_spec(json!({"initContainers": [{"name": "init", "command": ["sh", "-c", "echo init >> /markers/order"]}]}));
+    let record = format!("echo oci-hook >> {}", bundle.marker("oci").display());
+    bundle.config["hooks"] =
+        json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", record]}]});
+    bundle.save();
+    let done = bundle.run();
+    done.assert_code(0);
+    assert_eq!(bundle.lines("oci"), ["oci-hook"]);
+    assert_eq!(bundle.lines("order"), ["init", "main"]);
+    bundle.assert_clean();
+}
+
 #[test]
 fn spec_file_overrides_the_annotation() {
     if !prerequisites() {
