@@ -409,3 +409,68 @@ fn update_connect_and_unsupported_calls_on_the_shim_socket() {
     env.remove("upd");
     env.assert_clean(&["upd"]);
 }
+
+/// From an image, the rootfs comes as snapshotter mounts that the shim mounts in Create and
+/// unmounts in Delete; after a killed shim, the `delete` action unmounts it.
+#[test]
+fn an_image_rootfs_is_mounted_and_always_unmounted() {
+    let Some(env) = Env::new() else { return };
+    let image = "docker.io/library/lcs-busybox:test";
+    crate::image::import(&env.containerd, image, std::path::Path::new(&env.rootfs));
+    let state = env.containerd.dir().to_owned();
+    let spec = format!(
+        "lifecycle-shim/spec={}",
+        json!({"postStart": {"exec": {"command": ["true"]}}})
+    );
+    let out = env.containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        LIFECYCLE,
+        "--annotation",
+        &spec,
+        image,
+        "fromimage",
+        "sh",
+        "-c",
+        "echo from-image; exit 9",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-image\n");
+    assert_eq!(crate::image::mounts_under(&state), Vec::<String>::new());
+
+    env.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        LIFECYCLE,
+        image,
+        "imagekill",
+        "sh",
+        "-c",
+        "while :; do sleep 1000 & wait $!; done",
+    ]);
+    env.wait_for_status("imagekill", "RUNNING");
+    assert_eq!(
+        crate::image::mounts_under(&state).len(),
+        1,
+        "the rootfs is mounted"
+    );
+    let shims = env.containerd.shim_processes();
+    let pid: i32 = shims[0].split(':').next().unwrap().parse().unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    // containerd runs `containerd-shim-lifecycle-v2 delete` for the lost shim, which unmounts.
+    crate::support::wait_until("the delete action has unmounted the rootfs", || {
+        crate::image::mounts_under(&state).is_empty()
+    });
+    crate::support::wait_until("containerd has dropped the task", || {
+        env.containerd.task_status("imagekill").is_none()
+    });
+    env.ctr_ok(&["containers", "rm", "imagekill"]);
+    env.assert_clean(&["fromimage", "imagekill"]);
+}

@@ -4,6 +4,8 @@
 
 #[path = "../support/containerd.rs"]
 mod containerd;
+#[path = "../support/image.rs"]
+mod image;
 #[path = "../support/mod.rs"]
 mod support;
 
