@@ -474,3 +474,39 @@ fn an_image_rootfs_is_mounted_and_always_unmounted() {
     env.ctr_ok(&["containers", "rm", "imagekill"]);
     env.assert_clean(&["fromimage", "imagekill"]);
 }
+
+/// A foreground `ctr run` attaches stdin: the container reads what ctr writes, to the end.
+/// (containerd's Go runc shim holds the stdin fifo open until CloseIO, which ctr 1.6 never
+/// sends, so there the container would wait for more input forever; this shim passes the fifo
+/// through, and the container sees the end when ctr closes its side.)
+#[test]
+fn stdin_reaches_the_container_to_its_end() {
+    use std::io::Write;
+    let Some(env) = Env::new() else { return };
+    let args = env.run_args(
+        LIFECYCLE,
+        "stdin",
+        None,
+        &["--rm"],
+        "cat; echo end-of-input",
+    );
+    let mut ctr = std::process::Command::new("ctr")
+        .arg("-a")
+        .arg(env.containerd.address())
+        .args(["-n", env.containerd.namespace()])
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = ctr.stdin.take().unwrap();
+    stdin.write_all(b"first line\nsecond line\n").unwrap();
+    drop(stdin);
+    let out = ctr.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "first line\nsecond line\nend-of-input\n"
+    );
+    assert_eq!(out.status.code(), Some(0));
+    env.assert_clean(&["stdin"]);
+}
