@@ -416,7 +416,12 @@ fn update_connect_and_unsupported_calls_on_the_shim_socket() {
 fn an_image_rootfs_is_mounted_and_always_unmounted() {
     let Some(env) = Env::new() else { return };
     let image = "docker.io/library/lcs-busybox:test";
-    crate::image::import(&env.containerd, image, std::path::Path::new(&env.rootfs));
+    crate::image::import(
+        &env.containerd,
+        image,
+        std::path::Path::new(&env.rootfs),
+        &["sh"],
+    );
     let state = env.containerd.dir().to_owned();
     let spec = format!(
         "lifecycle-shim/spec={}",

@@ -37,8 +37,9 @@ const CLEANUP_TIMEOUT: &str = "30s";
 
 /// Plugins that only cost startup time here: no CRI, no images, and no snapshotters but the
 /// default ones. The `opt` plugin would create `/opt/containerd` on the host.
+const CRI_PLUGIN: &str = "io.containerd.grpc.v1.cri";
 const DISABLED_PLUGINS: &[&str] = &[
-    "io.containerd.grpc.v1.cri",
+    CRI_PLUGIN,
     "io.containerd.internal.v1.opt",
     "io.containerd.snapshotter.v1.aufs",
     "io.containerd.snapshotter.v1.btrfs",
@@ -59,6 +60,8 @@ pub fn containerd_prerequisites() -> bool {
 pub struct Containerd {
     dir: tempfile::TempDir,
     namespace: String,
+    /// With the CRI plugin, whose namespace (`k8s.io`) other harnesses share.
+    cri: bool,
     child: Option<Child>,
     /// Counts spawned `ctr` processes, to name their output files.
     spawned: AtomicU32,
@@ -67,12 +70,31 @@ pub struct Containerd {
 impl Containerd {
     /// Writes the config, starts containerd and waits until it answers.
     pub fn start() -> Containerd {
+        Containerd::start_with(None)
+    }
+
+    /// With containerd's CRI plugin, serving a `lifecycle` runtime handler (this shim, with
+    /// `pod_annotations = ["lifecycle-shim/*"]`) beside the default `runc`; pods use the host
+    /// network, so no CNI plugin is needed. Its namespace is the CRI plugin's `k8s.io`.
+    pub fn start_cri(sandbox_image: &str) -> Containerd {
+        Containerd::start_with(Some(sandbox_image))
+    }
+
+    /// The CRI socket (the same grpc socket).
+    pub fn cri_socket(&self) -> PathBuf {
+        self.address()
+    }
+
+    fn start_with(sandbox_image: Option<&str>) -> Containerd {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let namespace = format!(
-            "lcs-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let namespace = match sandbox_image {
+            Some(_) => "k8s.io".to_owned(),
+            None => format!(
+                "lcs-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ),
+        };
         let dir = tempfile::Builder::new()
             .prefix("lcs-containerd-")
             .tempdir()
@@ -81,7 +103,12 @@ impl Containerd {
         fs::create_dir(&bin).unwrap();
         symlink(SHIM, bin.join("containerd-shim-lifecycle-v2")).unwrap();
         fs::create_dir(dir.path().join("ctr")).unwrap();
-        let config = format!(
+        let disabled: Vec<&str> = DISABLED_PLUGINS
+            .iter()
+            .copied()
+            .filter(|p| sandbox_image.is_none() || *p != CRI_PLUGIN)
+            .collect();
+        let mut config = format!(
             r#"version = 2
 root = "{root}"
 state = "{state}"
@@ -99,16 +126,43 @@ disabled_plugins = [{disabled}]
             root = dir.path().join("root").display(),
             state = dir.path().join("state").display(),
             grpc = dir.path().join("containerd.sock").display(),
-            disabled = DISABLED_PLUGINS
+            disabled = disabled
                 .iter()
                 .map(|p| format!("{p:?}"))
                 .collect::<Vec<_>>()
                 .join(", "),
         );
+        if let Some(image) = sandbox_image {
+            let cni = dir.path().join("cni");
+            fs::create_dir(&cni).unwrap();
+            config.push_str(&format!(
+                r#"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{image}"
+  # root here lacks CAP_SYS_RESOURCE: runc must not lower a pod's OOM score (MACHINE-NOTES).
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.lifecycle]
+      runtime_type = "io.containerd.lifecycle.v2"
+      pod_annotations = ["lifecycle-shim/*"]
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni}"
+"#,
+                cni = cni.display()
+            ));
+        }
         fs::write(dir.path().join("config.toml"), config).unwrap();
         let mut containerd = Containerd {
             dir,
             namespace,
+            cri: sandbox_image.is_some(),
             child: None,
             spawned: AtomicU32::new(0),
         };
@@ -204,9 +258,13 @@ disabled_plugins = [{disabled}]
         Path::new("/run/containerd/s").join(digest)
     }
 
-    /// The shims containerd started for this harness's namespace, running or not yet reaped.
+    /// The shims this harness's containerd started, running or not yet reaped.
     pub fn shim_processes(&self) -> Vec<String> {
+        let address = self.address().display().to_string();
         shim_processes(&self.namespace)
+            .into_iter()
+            .filter(|p| p.contains(&format!("-address {address} ")))
+            .collect()
     }
 
     fn ctr_command(&self, args: &[&str]) -> Command {
@@ -333,6 +391,10 @@ impl Drop for Containerd {
             }
         }
         self.stop();
+        if self.cri {
+            // k8s.io is shared with other harnesses; the tasks above were this one's.
+            return;
+        }
         for state in ["runc", "lifecycle"] {
             let _ = fs::remove_dir_all(
                 Path::new("/run/containerd")

@@ -2,6 +2,8 @@
 //! so containers get their rootfs as snapshotter mounts (as with any real image) without a
 //! registry.
 
+#![allow(dead_code)] // each suite uses its own part of the helpers
+
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -29,8 +31,9 @@ fn sha256(path: &Path) -> String {
         .to_owned()
 }
 
-/// Builds an image named `name` whose single layer is `rootfs`, and imports it.
-pub fn import(containerd: &Containerd, name: &str, rootfs: &Path) {
+/// Builds an image named `name` whose single layer is `rootfs` and whose command is `cmd`,
+/// and imports it into the harness's namespace.
+pub fn import(containerd: &Containerd, name: &str, rootfs: &Path, cmd: &[&str]) {
     let work = tempfile::Builder::new()
         .prefix("lcs-image-")
         .tempdir()
@@ -51,7 +54,7 @@ pub fn import(containerd: &Containerd, name: &str, rootfs: &Path) {
     let config = json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+        "config": {"Env": ["PATH=/bin"], "Cmd": cmd},
         "rootfs": {"type": "layers", "diff_ids": [layer]}
     });
     let (config, config_size) = blob(&layout, config.to_string().as_bytes());

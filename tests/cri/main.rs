@@ -1,0 +1,277 @@
+//! Kubernetes' lifecycle-hook scenarios (test/e2e/common/node/lifecycle_hook.go) through
+//! containerd's CRI plugin, with no kubelet: this client makes the kubelet's calls, and the
+//! hooks come from the pod annotation `lifecycle-shim/spec.<container>`. Each scenario also
+//! runs under the stock `runc` handler, where a hook's effect must be absent: the assertions
+//! can fail.
+
+#[path = "../support/containerd.rs"]
+mod containerd;
+#[path = "../support/cri.rs"]
+mod cri;
+#[path = "../support/image.rs"]
+mod image;
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use containerd::{containerd_prerequisites, Containerd};
+use cri::{Cri, Pod};
+use serde_json::json;
+use support::{make_busybox_rootfs, prerequisites, read_lines, wait_until, write_executable};
+
+const BUSYBOX: &str = "docker.io/library/lcs-busybox:test";
+const PAUSE: &str = "docker.io/library/lcs-pause:test";
+const LIFECYCLE: &str = "lifecycle";
+const RUNC: &str = "runc";
+
+/// A private containerd with the CRI plugin, its images, a client, and a host directory every
+/// container mounts at `/markers`.
+struct Env {
+    containerd: Containerd,
+    cri: Cri,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Option<Env> {
+        if !(prerequisites() && containerd_prerequisites()) {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("lcs-cri-")
+            .tempdir()
+            .unwrap();
+        let rootfs = dir.path().join("rootfs");
+        make_busybox_rootfs(&rootfs);
+        // The sandbox's process: sleeps, reaps, and ends on SIGTERM.
+        write_executable(
+            &rootfs,
+            "/pause",
+            "#!/bin/sh\ntrap 'exit 0' TERM INT\nwhile :; do sleep 3600 & wait $!; done\n",
+        );
+        std::fs::create_dir(dir.path().join("markers")).unwrap();
+        let containerd = Containerd::start_cri(PAUSE);
+        image::import(&containerd, BUSYBOX, &rootfs, &["sh"]);
+        image::import(&containerd, PAUSE, &rootfs, &["/pause"]);
+        let cri = Cri::connect(&containerd.cri_socket());
+        Some(Env {
+            containerd,
+            cri,
+            dir,
+        })
+    }
+
+    fn markers(&self) -> PathBuf {
+        self.dir.path().join("markers")
+    }
+
+    fn lines(&self, name: &str) -> Vec<String> {
+        read_lines(&self.markers().join(name))
+    }
+
+    fn reset_markers(&self) {
+        std::fs::remove_dir_all(self.markers()).unwrap();
+        std::fs::create_dir(self.markers()).unwrap();
+    }
+
+    /// A pod under `handler` whose annotations hold each container's spec.
+    fn pod(&self, name: &str, handler: &str, specs: &[(&str, serde_json::Value)]) -> Pod {
+        let log_directory = self.dir.path().join("logs").join(name);
+        std::fs::create_dir_all(&log_directory).unwrap();
+        Pod {
+            name: name.into(),
+            handler: handler.into(),
+            annotations: specs
+                .iter()
+                .map(|(key, spec)| (key.to_string(), spec.to_string()))
+                .collect::<HashMap<_, _>>(),
+            log_directory,
+        }
+    }
+
+    /// Runs the pod with one container per (name, script) and returns the sandbox and
+    /// container ids, once every container runs.
+    fn start(&self, pod: &Pod, containers: &[(&str, &str)]) -> (String, Vec<String>) {
+        let pod_id = self.cri.run_pod(pod);
+        let markers = self.markers();
+        let ids: Vec<String> = containers
+            .iter()
+            .map(|(name, script)| {
+                let id = self.cri.create_container(
+                    &pod_id,
+                    pod,
+                    name,
+                    BUSYBOX,
+                    &["sh", "-c", script],
+                    &[("/markers", markers.as_path())],
+                );
+                self.cri.start_container(&id);
+                id
+            })
+            .collect();
+        (pod_id, ids)
+    }
+
+    /// Tears the pod down as the kubelet does and checks nothing of it is left running.
+    fn remove(&self, pod_id: &str, ids: &[String]) {
+        for id in ids {
+            self.cri.stop_container(id, 2);
+            self.cri.remove_container(id);
+        }
+        self.cri.remove_pod(pod_id);
+        wait_until("the pod's shims have exited", || {
+            self.containerd.shim_processes().is_empty()
+        });
+    }
+
+    fn container_log(&self, pod: &Pod, name: &str) -> String {
+        std::fs::read_to_string(pod.log_directory.join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+fn spec_key(container: &str) -> String {
+    format!("lifecycle-shim/spec.{container}")
+}
+
+/// Waits for the TERM trap's marker, which every stop scenario's container writes.
+const WAIT_FOR_TERM: &str =
+    "trap 'echo term >> /markers/order; exit 0' TERM; echo up >> /markers/up; while :; do sleep 1000 & wait $!; done";
+
+/// lifecycle_hook.go: "should execute poststart exec hook properly".
+fn poststart_exec_hook(env: &Env, handler: &str) -> Vec<String> {
+    env.reset_markers();
+    let spec = json!({"postStart": {"exec": {"command": ["sh", "-c", "echo poststart >> /markers/hook"]}}});
+    let pod = env.pod(
+        &format!("poststart-{handler}"),
+        handler,
+        &[(&spec_key("app"), spec)],
+    );
+    let (pod_id, ids) = env.start(
+        &pod,
+        &[(
+            "app",
+            "echo main >> /markers/main; while :; do sleep 1000 & wait $!; done",
+        )],
+    );
+    wait_until("the container runs", || !env.lines("main").is_empty());
+    if handler == LIFECYCLE {
+        wait_until("the hook has run", || !env.lines("hook").is_empty());
+    }
+    let seen = env.lines("hook");
+    env.remove(&pod_id, &ids);
+    seen
+}
+
+#[test]
+fn should_execute_poststart_exec_hook_properly() {
+    let Some(env) = Env::new() else { return };
+    assert_eq!(poststart_exec_hook(&env, LIFECYCLE), ["poststart"]);
+    // Under runc the container ran (it wrote its own marker) but no hook did.
+    assert!(poststart_exec_hook(&env, RUNC).is_empty());
+}
+
+/// lifecycle_hook.go: "should execute prestop exec hook properly" (StopContainer, 15 s).
+fn prestop_exec_hook(env: &Env, handler: &str) -> Vec<String> {
+    env.reset_markers();
+    let spec =
+        json!({"preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /markers/order"]}}});
+    let pod = env.pod(
+        &format!("prestop-{handler}"),
+        handler,
+        &[(&spec_key("app"), spec)],
+    );
+    let (pod_id, ids) = env.start(&pod, &[("app", WAIT_FOR_TERM)]);
+    wait_until("the container is up", || !env.lines("up").is_empty());
+    env.cri.stop_container(&ids[0], 15);
+    let status = env.cri.container_status(&ids[0]);
+    assert_eq!(status.exit_code, 0, "the TERM trap exits 0");
+    let order = env.lines("order");
+    env.remove(&pod_id, &ids);
+    order
+}
+
+#[test]
+fn should_execute_prestop_exec_hook_properly() {
+    let Some(env) = Env::new() else { return };
+    assert_eq!(prestop_exec_hook(&env, LIFECYCLE), ["prestop", "term"]);
+    assert_eq!(prestop_exec_hook(&env, RUNC), ["term"]);
+}
+
+/// Two containers of one pod, each with its own `spec.<name>`, get only their own hooks; a
+/// plain `lifecycle-shim/spec` would also reach the sandbox, which must never run hooks.
+fn own_hooks_only(env: &Env, handler: &str) -> (Vec<String>, usize) {
+    env.reset_markers();
+    let hook = |name: &str| json!({"postStart": {"exec": {"command": ["sh", "-c", format!("echo {name}-hook >> /markers/hooks")]}}});
+    let pod = env.pod(
+        &format!("two-{handler}"),
+        handler,
+        &[
+            (&spec_key("first"), hook("first")),
+            (&spec_key("second"), hook("second")),
+        ],
+    );
+    let idle = "while :; do sleep 1000 & wait $!; done";
+    let (pod_id, ids) = env.start(&pod, &[("first", idle), ("second", idle)]);
+    let events = || env.containerd.log().matches("phase=\"postStart\"").count();
+    if handler == LIFECYCLE {
+        wait_until("both hooks have run and been logged", || {
+            env.lines("hooks").len() >= 2 && events() >= 2
+        });
+    }
+    let events = events();
+    let mut hooks = env.lines("hooks");
+    hooks.sort();
+    env.remove(&pod_id, &ids);
+    (hooks, events)
+}
+
+#[test]
+fn two_containers_get_only_their_own_hooks_and_the_sandbox_none() {
+    let Some(env) = Env::new() else { return };
+    let (hooks, events) = own_hooks_only(&env, LIFECYCLE);
+    assert_eq!(hooks, ["first-hook", "second-hook"]);
+    assert_eq!(events, 2, "exactly the two containers' PostStart hooks ran");
+    let (hooks, _) = own_hooks_only(&env, RUNC);
+    assert!(hooks.is_empty());
+}
+
+#[test]
+fn a_failed_poststart_kills_the_container_and_says_why() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({
+        "postStart": {"exec": {"command": ["sh", "-c", "echo cannot start; exit 3"]}},
+        "terminationGracePeriodSeconds": 5
+    });
+    let pod = env.pod("failing", LIFECYCLE, &[(&spec_key("app"), spec)]);
+    let (pod_id, ids) = env.start(&pod, &[("app", WAIT_FOR_TERM)]);
+    wait_until("the container has exited", || {
+        env.cri.container_status(&ids[0]).state
+            == k8s_cri::v1::ContainerState::ContainerExited as i32
+    });
+    let status = env.cri.container_status(&ids[0]);
+    // Its TERM trap exits 0; a failed PostStart never looks like success.
+    assert_eq!(status.exit_code, 1);
+    let log = env.container_log(&pod, "app");
+    assert!(log.contains("FailedPostStartHook"), "container log: {log}");
+    assert!(log.contains("cannot start"), "container log: {log}");
+    env.remove(&pod_id, &ids);
+}
+
+/// The harness's own check, under both handlers: exec and a container's output work.
+#[test]
+fn exec_sync_works_under_both_handlers() {
+    let Some(env) = Env::new() else { return };
+    for handler in [LIFECYCLE, RUNC] {
+        env.reset_markers();
+        let pod = env.pod(&format!("exec-{handler}"), handler, &[]);
+        let (pod_id, ids) = env.start(&pod, &[("app", WAIT_FOR_TERM)]);
+        wait_until("the container is up", || !env.lines("up").is_empty());
+        let (stdout, _, code) = env
+            .cri
+            .exec_sync(&ids[0], &["sh", "-c", "echo hello; exit 4"]);
+        assert_eq!((stdout.as_str(), code), ("hello\n", 4), "{handler}");
+        env.remove(&pod_id, &ids);
+    }
+}
