@@ -275,3 +275,234 @@ fn exec_sync_works_under_both_handlers() {
         env.remove(&pod_id, &ids);
     }
 }
+
+/// An init container that leaves busybox httpd on 127.0.0.1:`port` (the node's loopback: pods
+/// here use the host network), with CGI scripts `start` and `drain` that append their name to
+/// /markers/order.
+fn http_server(env: &Env, port: u16) -> serde_json::Value {
+    for name in ["start", "drain"] {
+        write_executable(
+            &env.markers(),
+            &format!("www/cgi-bin/{name}"),
+            &format!("#!/bin/sh\necho {name} >> /markers/order\nprintf 'HTTP/1.0 200 OK\\r\\n\\r\\nok\\n'\n"),
+        );
+    }
+    json!({"name": "server", "command": ["httpd", "-p", format!("127.0.0.1:{port}"), "-h", "/markers/www"]})
+}
+
+/// lifecycle_hook.go: "should execute poststart http hook properly" and "should execute
+/// prestop http hook properly", over HTTP, or over HTTPS with a self-signed certificate. Over
+/// HTTP, busybox httpd (started by an init container) serves both hooks; over HTTPS the test
+/// serves each request itself, one at a time, so that variant only runs where hooks do.
+fn http_hooks(env: &Env, handler: &str, https: bool) -> Vec<String> {
+    env.reset_markers();
+    let port = support::free_port();
+    let order = env.markers().join("order");
+    let (scheme, inits) = if https {
+        ("HTTPS", vec![])
+    } else {
+        ("HTTP", vec![http_server(env, port)])
+    };
+    let spec = json!({
+        "initContainers": inits,
+        "postStart": {"httpGet": {"port": port, "path": "/cgi-bin/start", "scheme": scheme}},
+        "preStop": {"httpGet": {"port": port, "path": "/cgi-bin/drain", "scheme": scheme}}
+    });
+    let pod = env.pod(
+        &format!("http-{handler}-{scheme}"),
+        handler,
+        &[(&spec_key("app"), spec)],
+    );
+    let poststart = https.then(|| support::https_server(None, port, "start", order.clone()));
+    let (pod_id, ids) = env.start(&pod, &[("app", WAIT_FOR_TERM)]);
+    wait_until("the container is up", || !env.lines("up").is_empty());
+    if let Some(server) = poststart {
+        server.join().unwrap();
+    }
+    if handler == LIFECYCLE {
+        wait_until("PostStart has run", || env.lines("order") == ["start"]);
+    }
+    let prestop = https.then(|| support::https_server(None, port, "drain", order.clone()));
+    env.cri.stop_container(&ids[0], 15);
+    if let Some(server) = prestop {
+        server.join().unwrap();
+    }
+    let order = env.lines("order");
+    env.remove(&pod_id, &ids);
+    order
+}
+
+#[test]
+fn should_execute_poststart_and_prestop_http_hooks_properly() {
+    let Some(env) = Env::new() else { return };
+    assert_eq!(
+        http_hooks(&env, LIFECYCLE, false),
+        ["start", "drain", "term"]
+    );
+    assert_eq!(http_hooks(&env, RUNC, false), ["term"]);
+}
+
+#[test]
+fn should_execute_poststart_and_prestop_https_hooks_properly() {
+    let Some(env) = Env::new() else { return };
+    assert_eq!(
+        http_hooks(&env, LIFECYCLE, true),
+        ["start", "drain", "term"]
+    );
+}
+
+/// Stops a container whose PreStop sleeps `sleep` seconds, with a grace period of `grace`
+/// seconds in its spec and StopContainer's `timeout`, and returns how long StopContainer took,
+/// the container's exit code and whether its TERM trap ran.
+fn stop_with_sleep(
+    env: &Env,
+    handler: &str,
+    sleep: i64,
+    grace: i64,
+    timeout: i64,
+) -> (std::time::Duration, i32, Vec<String>) {
+    env.reset_markers();
+    let spec =
+        json!({"preStop": {"sleep": {"seconds": sleep}}, "terminationGracePeriodSeconds": grace});
+    let pod = env.pod(
+        &format!("sleep-{handler}-{sleep}-{grace}-{timeout}"),
+        handler,
+        &[(&spec_key("app"), spec)],
+    );
+    let (pod_id, ids) = env.start(&pod, &[("app", WAIT_FOR_TERM)]);
+    wait_until("the container is up", || !env.lines("up").is_empty());
+    let asked = std::time::Instant::now();
+    env.cri.stop_container(&ids[0], timeout);
+    let took = asked.elapsed();
+    let code = env.cri.container_status(&ids[0]).exit_code;
+    let order = env.lines("order");
+    env.remove(&pod_id, &ids);
+    (took, code, order)
+}
+
+/// lifecycle_hook.go: "should run prestop basic with the sleep action": the stop waits for the
+/// sleep, then the stop signal. Only lower bounds are timed, so a slow machine cannot fail it;
+/// the upper bound is the grace period, with room to spare.
+#[test]
+fn prestop_sleep_delays_the_stop_within_the_grace_period() {
+    let Some(env) = Env::new() else { return };
+    let (took, code, order) = stop_with_sleep(&env, LIFECYCLE, 3, 20, 20);
+    assert!(
+        took >= std::time::Duration::from_millis(2900),
+        "StopContainer took {took:?}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "StopContainer took {took:?}"
+    );
+    assert_eq!((code, order), (0, vec!["term".to_owned()]));
+    // Under runc there is no sleep: the TERM trap ends the container at once.
+    let (took, code, order) = stop_with_sleep(&env, RUNC, 3, 20, 20);
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "StopContainer took {took:?} under runc"
+    );
+    assert_eq!((code, order), (0, vec!["term".to_owned()]));
+}
+
+/// lifecycle_hook.go: "should respect termination grace period seconds": a StopContainer
+/// timeout shorter than the sleep (and than the spec's grace period) ends it with containerd's
+/// SIGKILL at the timeout; the stop signal never comes.
+#[test]
+fn a_stop_timeout_shorter_than_the_sleep_cuts_it() {
+    let Some(env) = Env::new() else { return };
+    let (took, code, order) = stop_with_sleep(&env, LIFECYCLE, 600, 600, 2);
+    assert!(
+        took >= std::time::Duration::from_millis(1900),
+        "StopContainer took {took:?}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(60),
+        "StopContainer took {took:?}"
+    );
+    assert_eq!(code, 137);
+    assert!(order.is_empty(), "the TERM trap ran: {order:?}");
+}
+
+/// lifecycle_hook.go: "should run prestop basic with the sleep action" with zero seconds: it
+/// returns at once, long before the 30 s timeout.
+#[test]
+fn prestop_sleep_zero_returns_at_once() {
+    let Some(env) = Env::new() else { return };
+    let (took, code, order) = stop_with_sleep(&env, LIFECYCLE, 0, 30, 30);
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "StopContainer took {took:?}"
+    );
+    assert_eq!((code, order), (0, vec!["term".to_owned()]));
+}
+
+#[test]
+fn prestop_does_not_run_when_the_container_exits_by_itself() {
+    let Some(env) = Env::new() else { return };
+    let spec =
+        json!({"preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /markers/order"]}}});
+    let pod = env.pod("exits", LIFECYCLE, &[(&spec_key("app"), spec)]);
+    let (pod_id, ids) = env.start(&pod, &[("app", "echo main >> /markers/main; exit 5")]);
+    wait_until("the container has exited", || {
+        env.cri.container_status(&ids[0]).state
+            == k8s_cri::v1::ContainerState::ContainerExited as i32
+    });
+    assert_eq!(env.cri.container_status(&ids[0]).exit_code, 5);
+    assert_eq!(env.lines("main"), ["main"]);
+    assert!(
+        env.lines("order").is_empty(),
+        "PreStop ran: {:?}",
+        env.lines("order")
+    );
+    env.remove(&pod_id, &ids);
+}
+
+/// init_container.go: "should invoke init containers on a RestartNever pod" and "should not
+/// start app containers if init containers fail on a RestartAlways pod".
+fn init_containers(env: &Env, handler: &str, fail: bool) -> (i32, Vec<String>) {
+    env.reset_markers();
+    let second = if fail {
+        "echo two >> /markers/order; exit 3"
+    } else {
+        "echo two >> /markers/order"
+    };
+    let spec = json!({"initContainers": [
+        {"name": "one", "command": ["sh", "-c", "echo one >> /markers/order"]},
+        {"name": "two", "command": ["sh", "-c", second]}
+    ]});
+    let pod = env.pod(
+        &format!("init-{handler}-{fail}"),
+        handler,
+        &[(&spec_key("app"), spec)],
+    );
+    let (pod_id, ids) = env.start(&pod, &[("app", "echo app >> /markers/order")]);
+    wait_until("the container has exited", || {
+        env.cri.container_status(&ids[0]).state
+            == k8s_cri::v1::ContainerState::ContainerExited as i32
+    });
+    let code = env.cri.container_status(&ids[0]).exit_code;
+    let order = env.lines("order");
+    env.remove(&pod_id, &ids);
+    (code, order)
+}
+
+#[test]
+fn init_containers_run_in_order_before_the_app() {
+    let Some(env) = Env::new() else { return };
+    assert_eq!(
+        init_containers(&env, LIFECYCLE, false),
+        (0, vec!["one".into(), "two".into(), "app".into()])
+    );
+    assert_eq!(init_containers(&env, RUNC, false), (0, vec!["app".into()]));
+}
+
+#[test]
+fn a_failing_init_container_keeps_the_app_from_running() {
+    let Some(env) = Env::new() else { return };
+    assert_eq!(
+        init_containers(&env, LIFECYCLE, true),
+        (3, vec!["one".into(), "two".into()])
+    );
+    assert_eq!(init_containers(&env, RUNC, true), (0, vec!["app".into()]));
+}

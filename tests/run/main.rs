@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::json;
-use support::{container_pid, https_server_in, prerequisites, wait_for_line, TestBundle, SHIM};
+use support::{container_pid, https_server, prerequisites, wait_for_line, TestBundle, SHIM};
 
 /// The entrypoint most stop tests use: records the stop signal, says it is up, then idles.
 const WAIT_FOR_TERM: &str =
@@ -87,7 +87,12 @@ fn poststart_https_get_skips_certificate_checks() {
     }));
     let shim = bundle.spawn(&[]);
     wait_for_line(&bundle.marker("waiting"), Some("waiting"));
-    let server = https_server_in(container_pid(&bundle), 8443, "poststart-https", &bundle);
+    let server = https_server(
+        Some(container_pid(&bundle)),
+        8443,
+        "poststart-https",
+        bundle.marker("order"),
+    );
     std::fs::write(bundle.marker("go"), "").unwrap();
     let head = server.join().unwrap();
     let done = shim.wait();
@@ -109,7 +114,12 @@ fn prestop_https_get_finishes_before_the_container_gets_sigterm() {
     }));
     let shim = bundle.spawn(&[]);
     wait_for_line(&bundle.marker("up"), Some("up"));
-    let server = https_server_in(container_pid(&bundle), 8443, "prestop-https", &bundle);
+    let server = https_server(
+        Some(container_pid(&bundle)),
+        8443,
+        "prestop-https",
+        bundle.marker("order"),
+    );
     shim.signal(Signal::SIGTERM);
     let head = server.join().unwrap();
     let done = shim.wait();

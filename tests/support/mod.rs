@@ -356,6 +356,15 @@ pub fn zombie_children(pid: i32) -> Vec<String> {
     zombies
 }
 
+/// A TCP port nobody listens on right now, for a test's server on a shared loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Host pid of a container's init process, from `runc state`.
 pub fn container_pid(bundle: &TestBundle) -> i32 {
     let out = Command::new("runc")
@@ -373,23 +382,24 @@ pub fn container_pid(bundle: &TestBundle) -> i32 {
     state["pid"].as_i64().unwrap() as i32
 }
 
-/// Serves one HTTPS request with a self-signed certificate on 127.0.0.1:`port` inside the
-/// network namespace of process `pid` (the container's loopback, unreachable from the host).
-/// Before answering 200 it appends `marker` to the bundle's `order` marker file. Returns once
-/// listening; the handle yields the request head.
-pub fn https_server_in(
-    pid: i32,
+/// Serves one HTTPS request with a self-signed certificate on 127.0.0.1:`port`, inside the
+/// network namespace of process `netns_of` if given (a container's loopback, unreachable from
+/// the host), else on the host's. Before answering 200 it appends `marker` to the file
+/// `order`. Returns once listening; the handle yields the request head.
+pub fn https_server(
+    netns_of: Option<i32>,
     port: u16,
     marker: &str,
-    bundle: &TestBundle,
+    order: PathBuf,
 ) -> std::thread::JoinHandle<String> {
     use std::io::{Read, Write};
-    let order = bundle.marker("order");
     let marker = marker.to_owned();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {
-        let ns = fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        if let Some(pid) = netns_of {
+            let ns = fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        }
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         ready_tx.send(()).unwrap();
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
