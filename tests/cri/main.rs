@@ -116,10 +116,16 @@ impl Env {
 
     /// Tears the pod down as the kubelet does and checks nothing of it is left running.
     fn remove(&self, pod_id: &str, ids: &[String]) {
+        let mut listed = self.cri.list_containers(pod_id);
+        listed.sort();
+        let mut expected = ids.to_vec();
+        expected.sort();
+        assert_eq!(listed, expected, "ListContainers of the pod");
         for id in ids {
             self.cri.stop_container(id, 2);
             self.cri.remove_container(id);
         }
+        assert!(self.cri.list_containers(pod_id).is_empty());
         self.cri.remove_pod(pod_id);
         wait_until("the pod's shims have exited", || {
             self.containerd.shim_processes().is_empty()

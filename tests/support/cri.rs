@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStatus, ContainerStatusRequest,
+    ContainerConfig, ContainerFilter, ContainerMetadata, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest, Mount,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -209,6 +210,25 @@ impl Cri {
             String::from_utf8_lossy(&out.stderr).into_owned(),
             out.exit_code,
         )
+    }
+
+    /// ListContainers of one pod: the ids.
+    pub fn list_containers(&self, pod_id: &str) -> Vec<String> {
+        let mut client = self.client.clone();
+        let request = ListContainersRequest {
+            filter: Some(ContainerFilter {
+                pod_sandbox_id: pod_id.into(),
+                ..Default::default()
+            }),
+        };
+        self.runtime
+            .block_on(client.list_containers(request))
+            .expect("ListContainers")
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(|c| c.id)
+            .collect()
     }
 
     /// StopPodSandbox and RemovePodSandbox, as the kubelet tears a pod down.
