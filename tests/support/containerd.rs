@@ -476,23 +476,14 @@ impl Ctr {
 
     /// Waits for ctr to exit, killing it and failing the test after [`PATIENCE`].
     pub fn wait(mut self) -> Output {
-        let deadline = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "`ctr {}` did not finish within {PATIENCE:?}; stdout:\n{}\nstderr:\n{}",
-                    self.args,
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let (args, stdout, stderr) = (self.args.clone(), self.stdout.clone(), self.stderr.clone());
+        let status = crate::support::wait_child(&mut self.child, || {
+            format!(
+                "`ctr {args}` did not finish within {PATIENCE:?}; stdout:\n{}\nstderr:\n{}",
+                fs::read_to_string(&stdout).unwrap_or_default(),
+                fs::read_to_string(&stderr).unwrap_or_default()
+            )
+        });
         Output {
             status,
             stdout: fs::read(&self.stdout).unwrap_or_default(),

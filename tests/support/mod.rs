@@ -267,20 +267,13 @@ impl Shim {
     }
 
     pub fn wait(mut self) -> Finished {
-        let deadline = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "the shim did not finish within {PATIENCE:?}; stderr:\n{}",
-                    fs::read_to_string(&self.stderr).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let stderr = self.stderr.clone();
+        let status = wait_child(&mut self.child, || {
+            format!(
+                "the shim did not finish within {PATIENCE:?}; stderr:\n{}",
+                fs::read_to_string(&stderr).unwrap_or_default()
+            )
+        });
         Finished {
             status,
             elapsed: self.started.elapsed(),
@@ -326,6 +319,23 @@ pub fn wait_for_line(path: &Path, line: Option<&str>) -> Instant {
             .is_ok_and(|text| line.map_or(!text.is_empty(), |l| text.lines().any(|x| x == l)))
     });
     Instant::now()
+}
+
+/// Waits for `child` to exit; after [`PATIENCE`] kills it and fails with `why()`.
+#[track_caller]
+pub fn wait_child(child: &mut Child, why: impl FnOnce() -> String) -> ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{}", why());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Polls `condition` until it holds, failing after [`PATIENCE`].
