@@ -33,8 +33,11 @@ pub fn invoked_as_shim(args: &[std::ffi::OsString]) -> bool {
 }
 
 pub fn main() -> ExitCode {
+    // The crate's socket setup runs on tokio's blocking pool; its thread would linger 10 s
+    // (tokio's default) in a shim that is otherwise idle on one thread.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(std::time::Duration::from_millis(100))
         .build()
     {
         Ok(runtime) => runtime,
