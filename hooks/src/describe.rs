@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::engine::Seconds;
-use crate::plan::{Action, Hook, Plan, Scheme};
+use crate::plan::{Action, Hook, Plan, Scheme, Stages};
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -27,29 +27,48 @@ impl fmt::Display for Plan {
                 None => writeln!(f, ", no timeout")?,
             }
         }
-        write_hook(f, "postStart", self.post_start.as_ref(), "no timeout")?;
-        write_hook(
-            f,
-            "preStop",
-            self.pre_stop.as_ref(),
-            "bounded by the grace period",
-        )
+        if !self.shutdown_delay.is_zero() {
+            writeln!(f, "shutdown delay: {}", Seconds(self.shutdown_delay))?;
+        }
+        write_phase(f, "postStart", &self.post_start, "no timeout")?;
+        write_phase(f, "preStop", &self.pre_stop, "bounded by the grace period")
     }
 }
 
-fn write_hook(
+/// One line for a single handler, as Kubernetes writes it; a line per stage otherwise.
+fn write_phase(
     f: &mut fmt::Formatter<'_>,
     phase: &str,
-    hook: Option<&Hook>,
+    stages: &Stages,
     unbounded: &str,
 ) -> fmt::Result {
-    let Some(hook) = hook else {
-        return writeln!(f, "{phase}: none");
-    };
-    write!(f, "{phase}: ")?;
+    match stages.as_slice() {
+        [] => writeln!(f, "{phase}: none"),
+        [stage] if stage.len() == 1 => {
+            write!(f, "{phase}: ")?;
+            write_hook(f, &stage[0], unbounded)
+        }
+        _ => {
+            writeln!(
+                f,
+                "{phase}: {} stages, in order; a stage's handlers at once",
+                stages.len()
+            )?;
+            for (i, stage) in stages.iter().enumerate() {
+                for hook in stage {
+                    write!(f, "  stage {}: ", i + 1)?;
+                    write_hook(f, hook, unbounded)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn write_hook(f: &mut fmt::Formatter<'_>, hook: &Hook, unbounded: &str) -> fmt::Result {
     match &hook.action {
         Action::Exec { command } => write!(f, "exec {command:?}")?,
-        Action::Sleep(d) => return writeln!(f, "sleep {}", Seconds(*d)),
+        Action::Sleep(d) => write!(f, "sleep {}", Seconds(*d))?,
         Action::HttpGet(get) => {
             let scheme = match get.scheme {
                 Scheme::Http => "http",
@@ -66,15 +85,46 @@ fn write_hook(
             }
         }
     }
-    match hook.timeout {
-        Some(t) => writeln!(f, ", timeout {}", Seconds(t)),
-        None => writeln!(f, ", {unbounded}"),
+    if !matches!(hook.action, Action::Sleep(_)) {
+        match hook.timeout {
+            Some(t) => write!(f, ", timeout {}", Seconds(t))?,
+            None => write!(f, ", {unbounded}")?,
+        }
     }
+    if hook.retries > 0 {
+        write!(
+            f,
+            ", {} retries {} apart",
+            hook.retries,
+            Seconds(hook.backoff)
+        )?;
+    }
+    writeln!(f)
 }
 
 #[cfg(test)]
 mod tests {
     use crate::plan::{Defaults, Plan};
+
+    #[test]
+    fn describes_stages_retries_and_the_shutdown_delay() {
+        let plan = Plan::from_json(
+            r#"{"postStart": [[{"exec": {"command": ["a"]}, "retries": 2}, {"sleep": {"seconds": 1}}],
+                              [{"exec": {"command": ["b"]}}]],
+                "shutdownDelaySeconds": 5}"#,
+            &Defaults::default(),
+        )
+        .unwrap();
+        let text = plan.to_string();
+        let expected = "shutdown delay: 5.0s
+postStart: 2 stages, in order; a stage's handlers at once
+  stage 1: exec [\"a\"], no timeout, 2 retries 1.0s apart
+  stage 1: sleep 1.0s
+  stage 2: exec [\"b\"], no timeout
+preStop: none
+";
+        assert!(text.ends_with(expected), "{text}");
+    }
 
     #[test]
     fn describes_every_part_of_the_plan() {

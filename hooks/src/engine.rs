@@ -4,12 +4,13 @@
 use std::fmt;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use nix::sys::signal::Signal;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::container::{Container, ExecRequest, ExitStatus, Phase};
 use crate::http::{self, HttpError};
-use crate::plan::{Action, Hook, InitContainer, Plan};
+use crate::plan::{Action, Hook, InitContainer, Plan, Stages};
 
 /// Kubernetes leaves at least this long between the stop signal and SIGKILL, however much of the
 /// grace period PreStop used.
@@ -123,6 +124,57 @@ impl fmt::Display for HookReport {
     }
 }
 
+/// Runs a phase: its stages in order, the handlers of a stage concurrently, each with its
+/// retries. Returns the first failure; a failed stage ends the phase (later stages do not run),
+/// and so does `outer` passing (no stage starts once the grace period has run out).
+pub async fn run_phase<C: Container>(
+    c: &C,
+    phase: Phase,
+    stages: &Stages,
+    outer: Option<Instant>,
+) -> Option<HookReport> {
+    for stage in stages {
+        if outer.is_some_and(|at| Instant::now() >= at) {
+            tracing::warn!(%phase, "no time left in the grace period; remaining stages skipped");
+            break;
+        }
+        let reports = join_all(
+            stage
+                .iter()
+                .map(|hook| run_with_retries(c, phase, hook, outer)),
+        )
+        .await;
+        if let Some(failed) = reports.into_iter().find(HookReport::failed) {
+            return Some(failed);
+        }
+    }
+    None
+}
+
+/// Runs a handler until it succeeds or its retries are spent, pausing `backoff` between
+/// attempts; no attempt starts past `outer`.
+async fn run_with_retries<C: Container>(
+    c: &C,
+    phase: Phase,
+    hook: &Hook,
+    outer: Option<Instant>,
+) -> HookReport {
+    let mut report = run_hook(c, phase, hook, outer).await;
+    for attempt in 1..=hook.retries {
+        if !report.failed() {
+            break;
+        }
+        let next = Instant::now() + hook.backoff;
+        if outer.is_some_and(|at| next >= at) {
+            break;
+        }
+        tracing::info!(%phase, attempt, of = hook.retries, "retrying hook");
+        sleep_until(next).await;
+        report = run_hook(c, phase, hook, outer).await;
+    }
+    report
+}
+
 /// Runs one handler, bounded by its own timeout and by `outer` (the grace deadline for PreStop).
 pub async fn run_hook<C: Container>(
     c: &C,
@@ -224,17 +276,24 @@ pub async fn run_init_containers<C: Container>(
     Ok(())
 }
 
-/// The stop sequence: PreStop (bounded by the grace period), the stop signal, then SIGKILL once
-/// the rest of the grace period, and at least [`MIN_STOP_GRACE`], has passed.
+/// The stop sequence: the shutdown delay, PreStop (both bounded by the grace period), the stop
+/// signal, then SIGKILL once the rest of the grace period, and at least [`MIN_STOP_GRACE`], has
+/// passed.
 ///
 /// It returns after sending SIGKILL; callers race it against the container's exit and drop it
 /// when the container is gone, which also cancels a PreStop still running.
 pub async fn terminate<C: Container>(c: &C, plan: &Plan) {
     let start = Instant::now();
     let grace_end = start + plan.grace;
-    if let Some(hook) = &plan.pre_stop {
-        run_hook(c, Phase::PreStop, hook, Some(grace_end)).await;
+    if !plan.shutdown_delay.is_zero() {
+        tracing::info!(
+            container = c.id(),
+            delay_ms = plan.shutdown_delay.as_millis() as u64,
+            "shutdown delay"
+        );
+        sleep_until((start + plan.shutdown_delay).min(grace_end)).await;
     }
+    run_phase(c, Phase::PreStop, &plan.pre_stop, Some(grace_end)).await;
     let kill_at = grace_end.max(Instant::now() + MIN_STOP_GRACE);
     send(c, plan.stop_signal).await;
     sleep_until(kill_at).await;

@@ -11,5 +11,7 @@ pub mod plan;
 pub mod spec;
 
 pub use container::{Container, ExecOutput, ExecRequest, ExitStatus, Phase};
-pub use engine::{run_hook, run_init_containers, terminate, HookFailure, HookReport, InitFailure};
+pub use engine::{
+    run_hook, run_init_containers, run_phase, terminate, HookFailure, HookReport, InitFailure,
+};
 pub use plan::{Defaults, InvalidSpec, Plan};

@@ -18,18 +18,33 @@ const MAX_SECONDS: i64 = 365 * 24 * 3600;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    pub post_start: Option<Hook>,
-    pub pre_stop: Option<Hook>,
+    pub post_start: Stages,
+    pub pre_stop: Stages,
     pub stop_signal: Signal,
     pub grace: Duration,
+    /// Waited on a stop request before PreStop, within the grace period (Nomad's
+    /// `shutdown_delay`).
+    pub shutdown_delay: Duration,
     pub init_containers: Vec<InitContainer>,
 }
+
+/// A phase's handlers: stages run in order, the handlers of a stage concurrently. A single
+/// handler object in the spec is one stage of one handler; no handler is no stage.
+pub type Stages = Vec<Vec<Hook>>;
+
+/// The most further attempts a handler may ask for.
+pub const MAX_RETRIES: i64 = 10;
+/// The pause between attempts when `retries` is set without `backoffSeconds`.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hook {
     pub action: Action,
     /// The handler's own limit; `None` means none (a PreStop is still bounded by the grace period).
     pub timeout: Option<Duration>,
+    /// Further attempts after a failure, each after `backoff`.
+    pub retries: u32,
+    pub backoff: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,10 +135,11 @@ impl fmt::Display for InvalidSpec {
 impl Default for Plan {
     fn default() -> Plan {
         Plan {
-            post_start: None,
-            pre_stop: None,
+            post_start: Vec::new(),
+            pre_stop: Vec::new(),
             stop_signal: Signal::SIGTERM,
             grace: DEFAULT_GRACE,
+            shutdown_delay: Duration::ZERO,
             init_containers: Vec::new(),
         }
     }
@@ -138,8 +154,16 @@ impl Plan {
     /// Validates a parsed spec, collecting every error rather than stopping at the first.
     pub fn from_spec(spec: Spec, defaults: &Defaults) -> Result<Plan, InvalidSpec> {
         let mut v = Validator::default();
-        let post_start = spec.post_start.and_then(|h| v.hook("postStart", h));
-        let pre_stop = spec.pre_stop.and_then(|h| v.hook("preStop", h));
+        let post_start = spec
+            .post_start
+            .map_or_else(Vec::new, |p| v.phase("postStart", p));
+        let pre_stop = spec
+            .pre_stop
+            .map_or_else(Vec::new, |p| v.phase("preStop", p));
+        let shutdown_delay = match spec.shutdown_delay_seconds {
+            Some(s) => v.seconds("shutdownDelaySeconds", s, 0),
+            None => Some(Duration::ZERO),
+        };
         let stop_signal = match spec.stop_signal {
             Some(name) => v.signal("stopSignal", &name),
             None => Some(defaults.stop_signal),
@@ -158,12 +182,13 @@ impl Plan {
             // Both are Some whenever no error was recorded.
             stop_signal: stop_signal.unwrap_or(Signal::SIGTERM),
             grace: grace.unwrap_or(DEFAULT_GRACE),
+            shutdown_delay: shutdown_delay.unwrap_or_default(),
             init_containers,
         })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.post_start.is_none() && self.pre_stop.is_none() && self.init_containers.is_empty()
+        self.post_start.is_empty() && self.pre_stop.is_empty() && self.init_containers.is_empty()
     }
 }
 
@@ -229,6 +254,34 @@ impl Validator {
         })
     }
 
+    fn phase(&mut self, path: &str, phase: spec::PhaseSpec) -> Stages {
+        match phase {
+            spec::PhaseSpec::One(handler) => self
+                .hook(path, handler)
+                .map(|h| vec![vec![h]])
+                .unwrap_or_default(),
+            spec::PhaseSpec::Stages(stages) => {
+                let mut out = Vec::new();
+                for (i, stage) in stages.into_iter().enumerate() {
+                    if stage.is_empty() {
+                        self.fail::<()>(
+                            &format!("{path}[{i}]"),
+                            "a stage needs at least one handler",
+                        );
+                        continue;
+                    }
+                    let hooks: Vec<Hook> = stage
+                        .into_iter()
+                        .enumerate()
+                        .filter_map(|(j, h)| self.hook(&format!("{path}[{i}][{j}]"), h))
+                        .collect();
+                    out.push(hooks);
+                }
+                out
+            }
+        }
+    }
+
     fn hook(&mut self, path: &str, h: spec::Handler) -> Option<Hook> {
         if h.tcp_socket.is_some() {
             return self.fail(
@@ -275,9 +328,23 @@ impl Validator {
                 .map(Action::Sleep)
         };
         let timeout = self.optional_timeout(&timeout_path, h.timeout_seconds);
+        let retries = match h.retries {
+            None => Some(0),
+            Some(n @ 0..=MAX_RETRIES) => Some(n as u32),
+            Some(_) => self.fail(
+                &format!("{path}.retries"),
+                format!("must be 0..{MAX_RETRIES}"),
+            ),
+        };
+        let backoff = match h.backoff_seconds {
+            None => Some(DEFAULT_BACKOFF),
+            Some(s) => self.seconds(&format!("{path}.backoffSeconds"), s, 0),
+        };
         Some(Hook {
             action: action?,
             timeout: timeout?,
+            retries: retries?,
+            backoff: backoff?,
         })
     }
 
@@ -482,9 +549,9 @@ mod tests {
         let p = plan(
             r#"{"preStop": {"httpGet": {"port": 8080, "path": "drain?now=1"}, "timeoutSeconds": 5}}"#,
         );
-        let hook = p.pre_stop.unwrap();
+        let hook = &p.pre_stop[0][0];
         assert_eq!(hook.timeout, Some(Duration::from_secs(5)));
-        let Action::HttpGet(get) = hook.action else {
+        let Action::HttpGet(get) = &hook.action else {
             panic!("not an httpGet")
         };
         assert_eq!(get.host, IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -604,6 +671,43 @@ mod tests {
                 "{json}: expected {expected:?}, got {errs:?}"
             );
         }
+    }
+
+    #[test]
+    fn stages_retries_and_the_shutdown_delay() {
+        let p = plan(
+            r#"{"postStart": [[{"exec": {"command": ["a"]}, "retries": 2, "backoffSeconds": 3},
+                               {"exec": {"command": ["b"]}}],
+                              [{"sleep": {"seconds": 1}}]],
+                "shutdownDelaySeconds": 4}"#,
+        );
+        assert_eq!(p.post_start.len(), 2);
+        assert_eq!(p.post_start[0].len(), 2);
+        assert_eq!(
+            (p.post_start[0][0].retries, p.post_start[0][0].backoff),
+            (2, Duration::from_secs(3))
+        );
+        assert_eq!(
+            (p.post_start[0][1].retries, p.post_start[0][1].backoff),
+            (0, DEFAULT_BACKOFF)
+        );
+        assert_eq!(p.shutdown_delay, Duration::from_secs(4));
+        let errs = errors(
+            r#"{"preStop": [[], [{"exec": {"command": ["a"]}, "retries": 11}]], "shutdownDelaySeconds": -1}"#,
+        );
+        assert!(
+            errs.contains(&"preStop[0]: a stage needs at least one handler".to_owned()),
+            "{errs:?}"
+        );
+        assert!(
+            errs.contains(&"preStop[1][0].retries: must be 0..10".to_owned()),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("shutdownDelaySeconds: must be 0..")),
+            "{errs:?}"
+        );
     }
 
     #[test]

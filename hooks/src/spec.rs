@@ -14,12 +14,52 @@ pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Spec {
-    pub post_start: Option<Handler>,
-    pub pre_stop: Option<Handler>,
+    pub post_start: Option<PhaseSpec>,
+    pub pre_stop: Option<PhaseSpec>,
     pub stop_signal: Option<String>,
     pub termination_grace_period_seconds: Option<i64>,
+    pub shutdown_delay_seconds: Option<i64>,
     #[serde(default)]
     pub init_containers: Vec<InitContainer>,
+}
+
+/// A phase's handlers: one handler object, as in Kubernetes, or a list of stages, each a list
+/// of handlers (stages in order, a stage's handlers concurrently).
+#[derive(Debug)]
+pub enum PhaseSpec {
+    One(Handler),
+    Stages(Vec<Vec<Handler>>),
+}
+
+impl<'de> Deserialize<'de> for PhaseSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<PhaseSpec, D::Error> {
+        // By hand rather than `untagged`, so errors inside keep their field paths.
+        struct PhaseVisitor;
+        impl<'de> serde::de::Visitor<'de> for PhaseVisitor {
+            type Value = PhaseSpec;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a handler object or a list of stages (lists of handlers)")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<PhaseSpec, A::Error> {
+                Handler::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(PhaseSpec::One)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<PhaseSpec, A::Error> {
+                Vec::<Vec<Handler>>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(PhaseSpec::Stages)
+            }
+        }
+        deserializer.deserialize_any(PhaseVisitor)
+    }
 }
 
 /// One of `exec`, `httpGet`, `sleep`; which one is set is checked in validation so that the error
@@ -33,6 +73,9 @@ pub struct Handler {
     /// Accepted by the parser only so that validation can refuse it with a useful message.
     pub tcp_socket: Option<IgnoredAny>,
     pub timeout_seconds: Option<i64>,
+    /// Further attempts after a failure.
+    pub retries: Option<i64>,
+    pub backoff_seconds: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,7 +188,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(spec.init_containers[0].name, "migrate");
-        assert_eq!(spec.pre_stop.unwrap().timeout_seconds, Some(20));
+        let Some(PhaseSpec::One(pre_stop)) = spec.pre_stop else {
+            panic!("preStop is one handler")
+        };
+        assert_eq!(pre_stop.timeout_seconds, Some(20));
     }
 
     #[test]
@@ -188,6 +234,25 @@ mod tests {
     fn huge_numbers_are_refused() {
         let msg = error(r#"{"terminationGracePeriodSeconds": 99999999999999999999999}"#);
         assert!(msg.starts_with("terminationGracePeriodSeconds:"), "{msg}");
+    }
+
+    #[test]
+    fn a_phase_is_one_handler_or_stages_and_errors_keep_their_path() {
+        let spec = Spec::parse(
+            r#"{"postStart": [[{"exec": {"command": ["a"]}}, {"sleep": {"seconds": 1}}], [{"exec": {"command": ["b"]}}]]}"#,
+        )
+        .unwrap();
+        let Some(PhaseSpec::Stages(stages)) = spec.post_start else {
+            panic!("not stages")
+        };
+        assert_eq!((stages.len(), stages[0].len()), (2, 2));
+        let msg = error(r#"{"preStop": [[{"exec": {"command": ["a"]}, "retry": 1}]]}"#);
+        assert!(
+            msg.starts_with("preStop[0][0].retry: unknown field `retry`"),
+            "{msg}"
+        );
+        let msg = error(r#"{"preStop": "drain"}"#);
+        assert!(msg.starts_with("preStop: invalid type: string \"drain\", expected a handler object or a list of stages"), "{msg}");
     }
 
     #[test]

@@ -7,17 +7,20 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use lifecycle_hooks::container::{Container, ExecOutput, ExecRequest, ExitStatus, Phase};
-use lifecycle_hooks::{run_hook, run_init_containers, terminate, Defaults, HookFailure, Plan};
+use lifecycle_hooks::{
+    run_hook, run_init_containers, run_phase, terminate, Defaults, HookFailure, Plan,
+};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep, sleep_until, Instant};
 
 /// Commands the fake understands: `ok`, `fail` (exit 3, prints "boom"), `hang` (runs until its
-/// deadline), `take N` (runs N seconds).
+/// deadline), `take N` (runs N seconds), `flaky N` (fails its first N runs).
 struct Fake {
     start: Instant,
     events: RefCell<Vec<(u64, String)>>,
+    runs: RefCell<std::collections::HashMap<String, u32>>,
     /// Where `connect` goes, whatever address is asked for.
     server: Option<SocketAddr>,
     exited: bool,
@@ -28,6 +31,7 @@ impl Fake {
         Fake {
             start: Instant::now(),
             events: RefCell::new(Vec::new()),
+            runs: RefCell::default(),
             server: None,
             exited: false,
         }
@@ -74,6 +78,15 @@ impl Container for Fake {
         };
         match request.argv[0].as_str() {
             "ok" => Ok(done(ExitStatus::Exited(0), "")),
+            "flaky" => {
+                let key = request.argv.join(" ");
+                let mut runs = self.runs.borrow_mut();
+                let run = runs.entry(key).or_default();
+                *run += 1;
+                let failures: u32 = request.argv[1].parse().unwrap();
+                let status = if *run <= failures { 1 } else { 0 };
+                Ok(done(ExitStatus::Exited(status), ""))
+            }
             "fail" => Ok(done(ExitStatus::Exited(3), "boom\n")),
             "take" => {
                 sleep(Duration::from_secs(request.argv[1].parse().unwrap())).await;
@@ -293,6 +306,83 @@ async fn a_hook_cut_short_by_the_container_exit_is_not_a_failure() {
     assert!(report.failed());
 }
 
+#[tokio::test(start_paused = true)]
+async fn stages_run_in_order_and_a_stage_s_handlers_at_once() {
+    let fake = Fake::new();
+    let p = plan(
+        r#"{"postStart": [[{"exec": {"command": ["take", "2"]}}, {"exec": {"command": ["take", "5"]}}],
+                          [{"exec": {"command": ["ok"]}}]]}"#,
+    );
+    assert!(run_phase(&fake, Phase::PostStart, &p.post_start, None)
+        .await
+        .is_none());
+    // Both of stage 1 start at 0; stage 2 only once the slower one finished, at 5.
+    assert_eq!(
+        fake.events(),
+        ev(&[
+            (0, "exec postStart take 2"),
+            (0, "exec postStart take 5"),
+            (5, "exec postStart ok")
+        ])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_stage_ends_the_phase() {
+    let fake = Fake::new();
+    let p = plan(
+        r#"{"postStart": [[{"exec": {"command": ["fail"]}}, {"exec": {"command": ["ok"]}}], [{"exec": {"command": ["take", "1"]}}]]}"#,
+    );
+    let failed = run_phase(&fake, Phase::PostStart, &p.post_start, None)
+        .await
+        .unwrap();
+    assert_eq!(failed.exit_code, Some(3));
+    assert_eq!(
+        fake.events(),
+        ev(&[(0, "exec postStart fail"), (0, "exec postStart ok")])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flaky_handler_succeeds_on_retry_after_its_backoff() {
+    let fake = Fake::new();
+    let p = plan(
+        r#"{"postStart": {"exec": {"command": ["flaky", "2"]}, "retries": 3, "backoffSeconds": 4}}"#,
+    );
+    assert!(run_phase(&fake, Phase::PostStart, &p.post_start, None)
+        .await
+        .is_none());
+    assert_eq!(
+        fake.events(),
+        ev(&[
+            (0, "exec postStart flaky 2"),
+            (4, "exec postStart flaky 2"),
+            (8, "exec postStart flaky 2")
+        ])
+    );
+    // Retries run out: the last failure is the phase's.
+    let fake = Fake::new();
+    let p = plan(
+        r#"{"postStart": {"exec": {"command": ["flaky", "5"]}, "retries": 1, "backoffSeconds": 0}}"#,
+    );
+    assert!(run_phase(&fake, Phase::PostStart, &p.post_start, None)
+        .await
+        .is_some());
+    assert_eq!(fake.events().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_shutdown_delay_comes_first_and_counts_in_the_grace_period() {
+    assert_eq!(
+        stop_events(r#"{"shutdownDelaySeconds": 3, "preStop": {"exec": {"command": ["ok"]}}, "terminationGracePeriodSeconds": 10}"#).await,
+        ev(&[(3, "exec preStop ok"), (3, "signal SIGTERM"), (10, "signal SIGKILL")])
+    );
+    assert_eq!(
+        stop_events(r#"{"shutdownDelaySeconds": 60, "preStop": {"exec": {"command": ["ok"]}}, "terminationGracePeriodSeconds": 5}"#).await,
+        ev(&[(5, "signal SIGTERM"), (7, "signal SIGKILL")])
+    );
+}
+
 /// Serves each connection with the next canned response, recording request heads.
 async fn server(
     responses: Vec<&'static str>,
@@ -315,7 +405,7 @@ async fn server(
 
 async fn post_start(json: &str, fake: &Fake) -> lifecycle_hooks::HookReport {
     let p = plan(json);
-    run_hook(fake, Phase::PostStart, p.post_start.as_ref().unwrap(), None).await
+    run_hook(fake, Phase::PostStart, &p.post_start[0][0], None).await
 }
 
 #[tokio::test]

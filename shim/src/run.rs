@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 
-use lifecycle_hooks::{run_hook, run_init_containers, terminate, ExitStatus, Phase, Plan};
+use lifecycle_hooks::{run_init_containers, run_phase, terminate, ExitStatus, Phase, Plan};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, Signal as SignalStream, SignalKind};
 
@@ -227,21 +227,16 @@ async fn supervise(
     mut exit: Exit,
     stops: &mut StopRequests,
 ) -> Outcome {
-    let mut post_start = pin!(async {
-        match &plan.post_start {
-            Some(hook) => run_hook(c, Phase::PostStart, hook, None).await,
-            None => std::future::pending().await,
-        }
-    });
+    let mut post_start = pin!(run_phase(c, Phase::PostStart, &plan.post_start, None));
     let mut stop = pin!(terminate(c, plan));
     let (mut post_start_done, mut stopping, mut killed, mut hook_failed) =
         (false, false, false, false);
     loop {
         tokio::select! {
             status = &mut exit => return Outcome { status, hook_failed },
-            report = &mut post_start, if !post_start_done => {
+            failure = &mut post_start, if !post_start_done => {
                 post_start_done = true;
-                if report.failed() {
+                if let Some(report) = failure {
                     eprintln!("lifecycle-shim: {}: {report}", report.reason());
                     hook_failed = true;
                     stopping = true;

@@ -253,3 +253,41 @@ fn a_bad_spec_fails_create_with_invalid_argument_and_leaves_nothing() {
 pub fn args_ref(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
+
+/// Stages, retries and the shutdown delay through containerd: the engine is the `run`
+/// command's, the triggers are containerd's.
+#[test]
+fn stages_retries_and_the_shutdown_delay_under_ctr() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({
+        "postStart": [
+            [
+                {"exec": {"command": ["sh", "-c", "echo first-a >> /markers/stages"]}},
+                {"exec": {"command": ["sh", "-c",
+                    "if [ -f /tmp/tried ]; then echo first-flaky >> /markers/stages; else touch /tmp/tried; exit 1; fi"]},
+                 "retries": 1, "backoffSeconds": 0}
+            ],
+            [{"exec": {"command": ["sh", "-c", "echo second >> /markers/stages"]}}]
+        ],
+        "shutdownDelaySeconds": 2,
+        "preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /markers/order"]}}
+    });
+    env.run_detached("staged", &spec, WAIT_FOR_TERM);
+    wait_for_line(&env.marker("stages"), Some("second"));
+    let mut stages = env.lines("stages");
+    assert_eq!(stages.pop().as_deref(), Some("second"), "stage 2 ran last");
+    stages.sort();
+    assert_eq!(stages, ["first-a", "first-flaky"]);
+    let asked = std::time::Instant::now();
+    env.ctr_ok(&["task", "kill", "staged"]);
+    let prestop = wait_for_line(&env.marker("order"), Some("prestop"));
+    assert!(
+        prestop - asked >= std::time::Duration::from_millis(1900),
+        "PreStop after {:?}, before the 2 s shutdown delay",
+        prestop - asked
+    );
+    env.wait_for_status("staged", "STOPPED");
+    assert_eq!(env.lines("order"), ["prestop", "term"]);
+    env.remove("staged");
+    env.assert_clean(&["staged"]);
+}

@@ -550,6 +550,64 @@ fn oci_hooks_in_config_json_still_run() {
     bundle.assert_clean();
 }
 
+/// Stages run in order, a stage's handlers at once; a flaky handler succeeds on retry.
+#[test]
+fn poststart_stages_run_in_order_and_a_flaky_handler_succeeds_on_retry() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle = TestBundle::new("while [ ! -f /markers/stage2 ]; do sleep 0.05; done; echo main >> /markers/order")
+        .with_spec(json!({"postStart": [
+            [
+                {"exec": {"command": ["sh", "-c", "while [ ! -f /markers/b ]; do sleep 0.05; done; echo a >> /markers/order"]}},
+                {"exec": {"command": ["sh", "-c", "echo b >> /markers/order; touch /markers/b"]}},
+                {"exec": {"command": ["sh", "-c",
+                    "if [ -f /tmp/tried ]; then echo flaky-ok >> /markers/flaky; else touch /tmp/tried; exit 1; fi"]},
+                 "retries": 2, "backoffSeconds": 0}
+            ],
+            [{"exec": {"command": ["sh", "-c", "echo stage2 >> /markers/order; touch /markers/stage2"]}}]
+        ]}));
+    let done = bundle.run();
+    done.assert_code(0);
+    // `a` waits for `b` of the same stage, so they ran at once; stage 2 came after both.
+    assert_eq!(bundle.lines("order"), ["b", "a", "stage2", "main"]);
+    assert_eq!(bundle.lines("flaky"), ["flaky-ok"]);
+    // The failed attempt is logged as such; no failure of the phase is reported.
+    done.assert_stderr_has("retrying hook");
+    assert!(
+        !done.stderr.contains("lifecycle-shim: FailedPostStartHook"),
+        "{}",
+        done.stderr
+    );
+    bundle.assert_clean();
+}
+
+#[test]
+fn the_shutdown_delay_comes_before_prestop() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle = TestBundle::new(WAIT_FOR_TERM).with_spec(json!({
+        "shutdownDelaySeconds": 2,
+        "preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /markers/order"]}}
+    }));
+    let shim = bundle.spawn(&[]);
+    wait_for_line(&bundle.marker("up"), Some("up"));
+    let asked = std::time::Instant::now();
+    shim.signal(Signal::SIGTERM);
+    let prestop = wait_for_line(&bundle.marker("order"), Some("prestop"));
+    let done = shim.wait();
+    done.assert_code(0);
+    assert_eq!(bundle.lines("order"), ["prestop", "term"]);
+    // A lower bound only: PreStop cannot start before the delay has passed.
+    assert!(
+        prestop - asked >= Duration::from_millis(1900),
+        "PreStop after {:?}",
+        prestop - asked
+    );
+    bundle.assert_clean();
+}
+
 #[test]
 fn spec_file_overrides_the_annotation() {
     if !prerequisites() {
@@ -578,8 +636,8 @@ fn bad_input_is_refused_with_the_field_named_and_nothing_created() {
             "preStop.exec.command: invalid type: string",
         ),
         (
-            r#"{"postStart": {"exec": {"command": ["x"]}, "retries": 3}}"#,
-            "postStart.retries: unknown field `retries`",
+            r#"{"postStart": {"exec": {"command": ["x"]}, "onFailure": 3}}"#,
+            "postStart.onFailure: unknown field `onFailure`",
         ),
         (
             r#"{"postStart": {"exec": {"command": ["x"]}, "httpGet": {"port": 80}}}"#,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use containerd_shim::api::{CreateTaskRequest, ExecProcessRequest};
 use containerd_shim::protos::events::task::{TaskCreate, TaskExit, TaskIO, TaskStart};
 use containerd_shim::protos::topics;
-use lifecycle_hooks::{run_hook, run_init_containers, terminate, ExitStatus, Phase, Plan};
+use lifecycle_hooks::{run_init_containers, run_phase, terminate, ExitStatus, Phase, Plan};
 use nix::sys::signal::Signal;
 use tokio::task::AbortHandle;
 
@@ -249,11 +249,10 @@ impl Task {
                 Err(_) => return,
             }
         }
-        let Some(hook) = self.plan.post_start.as_ref().filter(|_| self.hooks) else {
+        if !self.hooks {
             return;
-        };
-        let report = run_hook(&c, Phase::PostStart, hook, None).await;
-        if report.failed() {
+        }
+        if let Some(report) = run_phase(&c, Phase::PostStart, &self.plan.post_start, None).await {
             self.report(&format!("{}: {report}", report.reason()));
             self.lock().hook_failed = true;
             self.begin_stop();
