@@ -16,6 +16,7 @@ pub enum Phase {
     PostStart,
     PreStop,
     Init,
+    PostStop,
 }
 
 impl Phase {
@@ -24,6 +25,7 @@ impl Phase {
             Phase::PostStart => "postStart",
             Phase::PreStop => "preStop",
             Phase::Init => "init",
+            Phase::PostStop => "postStop",
         }
     }
 }

@@ -31,7 +31,16 @@ impl fmt::Display for Plan {
             writeln!(f, "shutdown delay: {}", Seconds(self.shutdown_delay))?;
         }
         write_phase(f, "postStart", &self.post_start, "no timeout")?;
-        write_phase(f, "preStop", &self.pre_stop, "bounded by the grace period")
+        write_phase(f, "preStop", &self.pre_stop, "bounded by the grace period")?;
+        if !self.post_stop.is_empty() {
+            write_phase(
+                f,
+                "postStop (in a fresh container)",
+                &self.post_stop,
+                "no timeout",
+            )?;
+        }
+        Ok(())
     }
 }
 

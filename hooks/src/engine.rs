@@ -61,6 +61,7 @@ impl HookReport {
             Phase::PostStart => "FailedPostStartHook",
             Phase::PreStop => "FailedPreStopHook",
             Phase::Init => "FailedInitContainer",
+            Phase::PostStop => "FailedPostStopHook",
         }
     }
 

@@ -14,4 +14,4 @@ pub use container::{Container, ExecOutput, ExecRequest, ExitStatus, Phase};
 pub use engine::{
     run_hook, run_init_containers, run_phase, terminate, HookFailure, HookReport, InitFailure,
 };
-pub use plan::{Defaults, InvalidSpec, Plan};
+pub use plan::{Defaults, InvalidSpec, Plan, Stages};

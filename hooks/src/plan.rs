@@ -20,6 +20,9 @@ const MAX_SECONDS: i64 = 365 * 24 * 3600;
 pub struct Plan {
     pub post_start: Stages,
     pub pre_stop: Stages,
+    /// Run after the entrypoint has exited, each handler in a fresh container from the same
+    /// bundle (Nomad's poststop, Habitat's post-stop).
+    pub post_stop: Stages,
     pub stop_signal: Signal,
     pub grace: Duration,
     /// Waited on a stop request before PreStop, within the grace period (Nomad's
@@ -137,6 +140,7 @@ impl Default for Plan {
         Plan {
             post_start: Vec::new(),
             pre_stop: Vec::new(),
+            post_stop: Vec::new(),
             stop_signal: Signal::SIGTERM,
             grace: DEFAULT_GRACE,
             shutdown_delay: Duration::ZERO,
@@ -160,6 +164,10 @@ impl Plan {
         let pre_stop = spec
             .pre_stop
             .map_or_else(Vec::new, |p| v.phase("preStop", p));
+        let post_stop = spec
+            .post_stop
+            .map_or_else(Vec::new, |p| v.phase("postStop", p));
+        v.refuse_http_in("postStop", &post_stop);
         let shutdown_delay = match spec.shutdown_delay_seconds {
             Some(s) => v.seconds("shutdownDelaySeconds", s, 0),
             None => Some(Duration::ZERO),
@@ -179,6 +187,7 @@ impl Plan {
         Ok(Plan {
             post_start,
             pre_stop,
+            post_stop,
             // Both are Some whenever no error was recorded.
             stop_signal: stop_signal.unwrap_or(Signal::SIGTERM),
             grace: grace.unwrap_or(DEFAULT_GRACE),
@@ -188,7 +197,10 @@ impl Plan {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.post_start.is_empty() && self.pre_stop.is_empty() && self.init_containers.is_empty()
+        self.post_start.is_empty()
+            && self.pre_stop.is_empty()
+            && self.post_stop.is_empty()
+            && self.init_containers.is_empty()
     }
 }
 
@@ -252,6 +264,20 @@ impl Validator {
                 format!("unknown signal {name:?} (use a name such as SIGTERM)"),
             )
         })
+    }
+
+    /// After the entrypoint exits its network namespace is gone: there is nothing to connect to.
+    fn refuse_http_in(&mut self, path: &str, stages: &Stages) {
+        if stages
+            .iter()
+            .flatten()
+            .any(|h| matches!(h.action, Action::HttpGet(_)))
+        {
+            self.fail::<()>(
+                &format!("{path}.httpGet"),
+                "is not supported: the container's network is gone once it has exited; use exec",
+            );
+        }
     }
 
     fn phase(&mut self, path: &str, phase: spec::PhaseSpec) -> Stages {
@@ -706,6 +732,19 @@ mod tests {
         assert!(
             errs.iter()
                 .any(|e| e.starts_with("shutdownDelaySeconds: must be 0..")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn post_stop_takes_exec_and_sleep_but_not_http() {
+        let p = plan(
+            r#"{"postStop": [[{"exec": {"command": ["cleanup"]}}, {"sleep": {"seconds": 1}}]]}"#,
+        );
+        assert_eq!(p.post_stop[0].len(), 2);
+        let errs = errors(r#"{"postStop": {"httpGet": {"port": 80}}}"#);
+        assert!(
+            errs[0].starts_with("postStop.httpGet: is not supported"),
             "{errs:?}"
         );
     }

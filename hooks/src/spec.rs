@@ -16,6 +16,7 @@ pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 pub struct Spec {
     pub post_start: Option<PhaseSpec>,
     pub pre_stop: Option<PhaseSpec>,
+    pub post_stop: Option<PhaseSpec>,
     pub stop_signal: Option<String>,
     pub termination_grace_period_seconds: Option<i64>,
     pub shutdown_delay_seconds: Option<i64>,

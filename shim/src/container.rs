@@ -13,6 +13,7 @@ use tokio::time::sleep_until;
 
 use crate::netns;
 use crate::output::{HookOutput, Sink};
+use crate::reaper::Exit;
 use crate::runc::{Runc, RuncError};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,33 +84,10 @@ impl Container for RuncContainer<'_> {
     async fn exec(&self, request: ExecRequest<'_>) -> Result<ExecOutput, ContainerError> {
         let n = self.execs.fetch_add(1, Ordering::Relaxed) + 1;
         let pid_file = self.state.join(format!("exec-{n}.pid"));
-        let (reader, writer) = nix::unistd::pipe().map_err(|e| ContainerError::Output(e.into()))?;
-        let mut output = HookOutput::new(reader, request.label, self.sink.clone())
-            .map_err(ContainerError::Output)?;
-        let (child, mut exit) = self.runc.exec(&self.id, &request, &pid_file, writer)?;
-        let mut guard = KillOnDrop {
-            runc: Some(child.id() as i32),
-            pid_file,
-        };
-        let mut timed_out = false;
-        let deadline = request.deadline;
-        let status = loop {
-            tokio::select! {
-                status = &mut exit => break status,
-                () = output.read_some(), if !output.is_eof() => {}
-                () = sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() && !timed_out => {
-                    timed_out = true;
-                    guard.kill();
-                }
-            }
-        };
-        guard.runc = None;
-        output.drain();
-        Ok(ExecOutput {
-            status,
-            timed_out,
-            output: output.finish(),
+        supervise_hook(&request, &self.sink, pid_file, |writer, pid_file| {
+            Ok(self.runc.exec(&self.id, &request, pid_file, writer)?)
         })
+        .await
     }
 
     async fn connect(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
@@ -131,6 +109,47 @@ impl Container for RuncContainer<'_> {
         }
         .map_err(ContainerError::Signal)
     }
+}
+
+/// Starts a hook's process with `start` (given the write end of its output pipe and the pid
+/// file runc is to write), streams its output to `sink`, and kills its process group at the
+/// request's deadline or when this future is dropped.
+pub async fn supervise_hook(
+    request: &ExecRequest<'_>,
+    sink: &Sink,
+    pid_file: PathBuf,
+    start: impl FnOnce(
+        std::os::fd::OwnedFd,
+        &Path,
+    ) -> Result<(std::process::Child, Exit), ContainerError>,
+) -> Result<ExecOutput, ContainerError> {
+    let (reader, writer) = nix::unistd::pipe().map_err(|e| ContainerError::Output(e.into()))?;
+    let mut output =
+        HookOutput::new(reader, request.label, sink.clone()).map_err(ContainerError::Output)?;
+    let (child, mut exit) = start(writer, &pid_file)?;
+    let mut guard = KillOnDrop {
+        runc: Some(child.id() as i32),
+        pid_file,
+    };
+    let mut timed_out = false;
+    let deadline = request.deadline;
+    let status = loop {
+        tokio::select! {
+            status = &mut exit => break status,
+            () = output.read_some(), if !output.is_eof() => {}
+            () = sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() && !timed_out => {
+                timed_out = true;
+                guard.kill();
+            }
+        }
+    };
+    guard.runc = None;
+    output.drain();
+    Ok(ExecOutput {
+        status,
+        timed_out,
+        output: output.finish(),
+    })
 }
 
 /// The kernel's PF_EXITING task flag (include/linux/sched.h), set as soon as a process begins to

@@ -9,6 +9,7 @@ mod logging;
 mod netns;
 mod output;
 mod pidfile;
+mod poststop;
 pub mod reaper;
 pub mod run;
 pub mod runc;

@@ -14,6 +14,7 @@ use crate::bundle::{Bundle, BundleError};
 use crate::container::{RuncContainer, SignalRoute};
 use crate::output::Sink;
 use crate::pidfile::{read_pid, PidFileWatch, Started};
+use crate::poststop::run_post_stop;
 use crate::reaper::{Exit, Reaper};
 use crate::runc::{ProcessIo, Runc, RuncError};
 
@@ -80,10 +81,48 @@ pub async fn run(options: RunOptions) -> Result<i32, RunError> {
         bundle: bundle.path,
         state: state.path().to_owned(),
     };
-    if plan.init_containers.is_empty() {
-        launch.foreground(&plan, &mut stops).await
+    let ran = if plan.init_containers.is_empty() {
+        launch.foreground(&plan, &mut stops).await?
     } else {
-        launch.created(&plan, &mut stops).await
+        launch.created(&plan, &mut stops).await?
+    };
+    if ran.started && !plan.post_stop.is_empty() {
+        let failure = run_post_stop(
+            &launch.runc,
+            &launch.id,
+            &launch.bundle,
+            &launch.state,
+            &plan.post_stop,
+            Sink::Stderr,
+        )
+        .await;
+        // Reported; the container's own status stands.
+        if let Some(report) = failure {
+            eprintln!("lifecycle-shim: {}: {report}", report.reason());
+        }
+    }
+    Ok(ran.code)
+}
+
+/// What a launch ended with, and whether the entrypoint ever started (postStop runs only then).
+struct Ran {
+    code: i32,
+    started: bool,
+}
+
+impl Ran {
+    fn started(code: i32) -> Ran {
+        Ran {
+            code,
+            started: true,
+        }
+    }
+
+    fn not_started(code: i32) -> Ran {
+        Ran {
+            code,
+            started: false,
+        }
     }
 }
 
@@ -98,12 +137,18 @@ struct Launch {
 impl Launch {
     /// Without init containers: one `runc run` in the foreground, which creates, starts, waits
     /// for and deletes the container, as fast as plain `runc run`.
-    async fn foreground(&self, plan: &Plan, stops: &mut StopRequests) -> Result<i32, RunError> {
+    async fn foreground(&self, plan: &Plan, stops: &mut StopRequests) -> Result<Ran, RunError> {
         let pid_file = self.state.join("init.pid");
         let log = self.state.join("runc.log");
         let mut watch = PidFileWatch::new(&self.state)
             .map_err(RunError::io("cannot watch for runc's pid file"))?;
-        let (child, mut exit) = self.runc.run(&self.id, &self.bundle, &pid_file, &log)?;
+        let (child, mut exit) = self.runc.run(
+            &self.id,
+            &self.bundle,
+            &pid_file,
+            &log,
+            ProcessIo::inherit(),
+        )?;
         let route = SignalRoute::Runc {
             pid: child.id() as i32,
         };
@@ -125,12 +170,12 @@ impl Launch {
         {
             return Err(error.into());
         }
-        Ok(outcome.code())
+        Ok(Ran::started(outcome.code()))
     }
 
     /// With init containers: `runc create`, the init containers through `runc exec` in the
     /// created container, then `runc start`; the container is deleted on every path.
-    async fn created(&self, plan: &Plan, stops: &mut StopRequests) -> Result<i32, RunError> {
+    async fn created(&self, plan: &Plan, stops: &mut StopRequests) -> Result<Ran, RunError> {
         let pid_file = self.state.join("init.pid");
         let reaper = self.runc.reaper();
         let since = reaper.generation();
@@ -169,19 +214,21 @@ impl Launch {
                 biased;
                 signal = stops.recv() => {
                     tracing::info!(%signal, "stop requested before the entrypoint started");
-                    return Ok(128 + signal as i32);
+                    return Ok(Ran::not_started(128 + signal as i32));
                 }
                 status = &mut exit => return Err(RunError::DiedBeforeStart(status)),
                 result = run_init_containers(&container, &plan.init_containers) => {
                     if let Err(failure) = result {
                         eprintln!("lifecycle-shim: {failure}");
                         eprintln!("lifecycle-shim: the entrypoint was not started");
-                        return Ok(failure.exit_code());
+                        return Ok(Ran::not_started(failure.exit_code()));
                     }
                 }
             }
             container.start().await?;
-            Ok(supervise(&container, plan, exit, stops).await.code())
+            Ok(Ran::started(
+                supervise(&container, plan, exit, stops).await.code(),
+            ))
         }
         .await;
         self.delete().await;

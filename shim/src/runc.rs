@@ -116,8 +116,9 @@ impl Runc {
         bundle: &Path,
         pid_file: &Path,
         log: &Path,
+        io: ProcessIo,
     ) -> Result<(Child, Exit), RuncError> {
-        self.launch("run", id, bundle, pid_file, log, ProcessIo::inherit())
+        self.launch("run", id, bundle, pid_file, log, io)
     }
 
     /// `runc create` or `runc run`, which take the same arguments.

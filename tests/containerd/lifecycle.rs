@@ -291,3 +291,23 @@ fn stages_retries_and_the_shutdown_delay_under_ctr() {
     env.remove("staged");
     env.assert_clean(&["staged"]);
 }
+
+/// postStop finishes before the task's exit is published: when `ctr run` returns, it has run.
+#[test]
+fn poststop_runs_before_the_exit_is_published_under_ctr() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({"postStop": {"exec": {"command": ["sh", "-c", "echo \"poststop pid=$$\" >> /markers/order; echo cleaned"]}}});
+    let args = env.run_args(
+        LIFECYCLE,
+        "post",
+        Some(&spec),
+        &["--rm"],
+        "echo main >> /markers/order; exit 4",
+    );
+    let out = env.ctr(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "stderr: {stderr}");
+    assert_eq!(env.lines("order"), ["main", "poststop pid=1"]);
+    assert!(stderr.contains("[postStop] cleaned"), "stderr: {stderr}");
+    env.assert_clean(&["post"]);
+}

@@ -608,6 +608,45 @@ fn the_shutdown_delay_comes_before_prestop() {
     bundle.assert_clean();
 }
 
+/// postStop (Nomad's poststop) after a crash: a fresh container from the same bundle, so its
+/// command is PID 1 of a new PID namespace; the container's status stands.
+#[test]
+fn poststop_runs_in_a_fresh_container_after_a_crash() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle = TestBundle::new("echo main >> /markers/order; exit 3").with_spec(json!({
+        "postStop": [
+            [{"exec": {"command": ["sh", "-c", "echo \"poststop pid=$$ $LIFECYCLE_PHASE\" >> /markers/order"]}}],
+            [{"exec": {"command": ["sh", "-c", "echo cleanup failed; exit 5"]}}]
+        ]
+    }));
+    let done = bundle.run();
+    done.assert_code(3);
+    assert_eq!(bundle.lines("order"), ["main", "poststop pid=1 postStop"]);
+    done.assert_stderr_has(
+        "lifecycle-shim: FailedPostStopHook: postStop exec failed: exited with exit code 5",
+    );
+    done.assert_stderr_has("[postStop] cleanup failed");
+    bundle.assert_clean();
+}
+
+#[test]
+fn poststop_runs_after_a_stop_and_after_prestop() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle = TestBundle::new(WAIT_FOR_TERM).with_spec(json!({
+        "initContainers": [{"name": "init", "command": ["true"]}],
+        "preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /markers/order"]}},
+        "postStop": {"exec": {"command": ["sh", "-c", "echo poststop >> /markers/order"]}}
+    }));
+    let (done, order) = stop_after_up(&bundle);
+    done.assert_code(0);
+    assert_eq!(order, ["prestop", "term", "poststop"]);
+    bundle.assert_clean();
+}
+
 #[test]
 fn spec_file_overrides_the_annotation() {
     if !prerequisites() {

@@ -24,6 +24,7 @@ use crate::bundle::{Bundle, SpecOrigin};
 use crate::container::{RuncContainer, SignalRoute};
 use crate::output::Sink;
 use crate::pidfile::read_pid;
+use crate::poststop::run_post_stop;
 use crate::runc::{Runc, RuncError};
 
 pub struct Task {
@@ -346,8 +347,9 @@ impl Task {
     /// hook output is closed, exec processes end (containerd expects their exits before the
     /// init's), and the exit is recorded and published.
     async fn exited(&self, status: ExitStatus) {
-        let code = {
+        let (code, started, sink) = {
             let mut inner = self.lock();
+            let started = matches!(inner.state, State::Running | State::Paused);
             if let Ok(state) = inner.state.exit() {
                 inner.state = state;
             }
@@ -357,13 +359,35 @@ impl Task {
             {
                 handle.abort();
             }
-            inner.sink = None;
-            match (inner.exit_override.take(), status.code()) {
+            let code = match (inner.exit_override.take(), status.code()) {
                 (Some(code), _) => code,
                 (None, 0) if inner.hook_failed => 1,
                 (None, code) => code,
-            }
+            };
+            (code, started, inner.sink.take())
         };
+        // postStop runs, if the entrypoint ever started, finish before the exit is published;
+        // a failure is reported and leaves the status as it is.
+        if started && self.hooks && !self.plan.post_stop.is_empty() {
+            let out = sink.clone().unwrap_or(Sink::Stderr);
+            let failure = run_post_stop(
+                &self.runc,
+                &format!("{}-lifecycle", self.id),
+                &self.bundle,
+                &self.bundle,
+                &self.plan.post_stop,
+                out,
+            )
+            .await;
+            if let Some(report) = failure {
+                let message = format!("{}: {report}", report.reason());
+                tracing::warn!(container = %self.id, "{message}");
+                if let Some(sink) = &sink {
+                    sink.write_line(&format!("lifecycle-shim: {message}\n"));
+                }
+            }
+        }
+        drop(sink);
         // With its own PID namespace they die with the init; sharing the host's, they would not.
         let running: Vec<_> = self
             .lock_execs()
