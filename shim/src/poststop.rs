@@ -38,7 +38,6 @@ pub async fn run_post_stop(
     sink: Sink,
 ) -> Option<HookReport> {
     let config = match std::fs::read(bundle.join("config.json"))
-        .map_err(io::Error::from)
         .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).map_err(io::Error::from))
     {
         Ok(config) => config,

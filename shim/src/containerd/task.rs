@@ -57,6 +57,9 @@ struct Inner {
     exit_override: Option<i32>,
     /// PostStart failed; the task then never reports success, as with `run`.
     hook_failed: bool,
+    /// `runc start` was asked for (and did not fail): the entrypoint ran, however briefly.
+    /// Recorded before runc returns, since a quick entrypoint may exit before it does.
+    entrypoint_started: bool,
 }
 
 impl Task {
@@ -159,6 +162,7 @@ impl Task {
                 sink,
                 exit_override: None,
                 hook_failed: false,
+                entrypoint_started: false,
             }),
             execs: Mutex::new(HashMap::new()),
         });
@@ -199,7 +203,7 @@ impl Task {
         self.state().start()?;
         let no_inits = self.plan.init_containers.is_empty();
         if no_inits {
-            self.runc.start(&self.id).await?;
+            self.start_entrypoint().await?;
         }
         {
             // Applied to the state as it is now: a quick entrypoint may already have exited,
@@ -239,7 +243,7 @@ impl Task {
                 let _ = self.runc.reaper().kill(self.pid, Signal::SIGKILL);
                 return;
             }
-            if let Err(error) = self.runc.start(&self.id).await {
+            if let Err(error) = self.start_entrypoint().await {
                 self.report(&format!("starting the entrypoint failed: {error}"));
                 let _ = self.runc.reaper().kill(self.pid, Signal::SIGKILL);
                 return;
@@ -258,6 +262,16 @@ impl Task {
             self.lock().hook_failed = true;
             self.begin_stop();
         }
+    }
+
+    /// `runc start`, recording that the entrypoint started unless it failed.
+    async fn start_entrypoint(&self) -> Result<(), RuncError> {
+        self.lock().entrypoint_started = true;
+        let result = self.runc.start(&self.id).await;
+        if result.is_err() {
+            self.lock().entrypoint_started = false;
+        }
+        result
     }
 
     /// Kill of the init process. The stop signal (or SIGTERM) starts the stop sequence with
@@ -349,7 +363,7 @@ impl Task {
     async fn exited(&self, status: ExitStatus) {
         let (code, started, sink) = {
             let mut inner = self.lock();
-            let started = matches!(inner.state, State::Running | State::Paused);
+            let started = inner.entrypoint_started;
             if let Ok(state) = inner.state.exit() {
                 inner.state = state;
             }
