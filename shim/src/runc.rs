@@ -99,13 +99,7 @@ impl Runc {
         io: ProcessIo,
     ) -> Result<(), RuncError> {
         let (_, exit) = self.launch("create", id, bundle, pid_file, log, io)?;
-        let status = exit.await;
-        if status.success() {
-            return Ok(());
-        }
-        Err(self
-            .logged_failure("create", id, status, log)
-            .unwrap_or_else(|| self.failed("create", id, status, "runc logged no error".into())))
+        self.succeeded("create", id, exit, log).await
     }
 
     /// Starts `runc run` in the foreground: it creates and starts the container, forwards the
@@ -163,13 +157,24 @@ impl Runc {
         io.apply(&mut cmd);
         cmd.arg(id);
         let (_, exit) = self.spawn(&mut cmd)?;
+        self.succeeded("exec", id, exit, log).await
+    }
+
+    /// Waits for a runc that logs to `log`; a failure carries runc's logged error.
+    async fn succeeded(
+        &self,
+        action: &'static str,
+        id: &str,
+        exit: Exit,
+        log: &Path,
+    ) -> Result<(), RuncError> {
         let status = exit.await;
         if status.success() {
             return Ok(());
         }
         Err(self
-            .logged_failure("exec", id, status, log)
-            .unwrap_or_else(|| self.failed("exec", id, status, "runc logged no error".into())))
+            .logged_failure(action, id, status, log)
+            .unwrap_or_else(|| self.failed(action, id, status, "runc logged no error".into())))
     }
 
     /// runc's own error from a `--log` file, if it logged one.
