@@ -23,8 +23,14 @@ impl fmt::Display for Plan {
                 write!(f, " {name}={value:?}")?;
             }
             match init.timeout {
-                Some(t) => writeln!(f, ", timeout {}", Seconds(t))?,
-                None => writeln!(f, ", no timeout")?,
+                Some(t) => write!(f, ", timeout {}", Seconds(t))?,
+                None => write!(f, ", no timeout")?,
+            }
+            match &init.once {
+                Some(once) => {
+                    writeln!(f, ", once per key {:?} (sentinel {})", once.key, once.path)?
+                }
+                None => writeln!(f)?,
             }
         }
         if !self.shutdown_delay.is_zero() {

@@ -81,6 +81,15 @@ pub struct InitContainer {
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
     pub timeout: Option<Duration>,
+    pub once: Option<Once>,
+}
+
+/// Run an init container once per `key`: `path` (absolute, inside a bind-mounted volume) is
+/// its sentinel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Once {
+    pub path: String,
+    pub key: String,
 }
 
 /// One thing wrong with a spec, at a JSON path such as `preStop.httpGet.port`.
@@ -504,6 +513,17 @@ impl Validator {
             }
             let timeout =
                 self.optional_timeout(&format!("{path}.timeoutSeconds"), init.timeout_seconds);
+            if let Some(once) = &init.once {
+                if !once.path.starts_with('/')
+                    || once.path.contains('\0')
+                    || once.path.ends_with('/')
+                {
+                    self.fail::<()>(
+                        &format!("{path}.once.path"),
+                        "must be an absolute file path inside a mounted volume",
+                    );
+                }
+            }
             if self.errors.len() > errors_before {
                 continue;
             }
@@ -514,6 +534,10 @@ impl Validator {
                     env,
                     working_dir: init.working_dir,
                     timeout,
+                    once: init.once.map(|o| Once {
+                        path: o.path,
+                        key: o.key,
+                    }),
                 });
             }
         }
@@ -745,6 +769,25 @@ mod tests {
         let errs = errors(r#"{"postStop": {"httpGet": {"port": 80}}}"#);
         assert!(
             errs[0].starts_with("postStop.httpGet: is not supported"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn once_needs_an_absolute_file_path() {
+        let p = plan(
+            r#"{"initContainers": [{"name": "install", "command": ["i"], "once": {"path": "/data/.done", "key": "v1"}}]}"#,
+        );
+        let once = p.init_containers[0].once.clone().unwrap();
+        assert_eq!(
+            (once.path.as_str(), once.key.as_str()),
+            ("/data/.done", "v1")
+        );
+        let errs = errors(
+            r#"{"initContainers": [{"name": "install", "command": ["i"], "once": {"path": "data/"}}]}"#,
+        );
+        assert!(
+            errs[0].starts_with("initContainers[0].once.path: must be an absolute file path"),
             "{errs:?}"
         );
     }

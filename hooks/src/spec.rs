@@ -124,6 +124,17 @@ pub struct InitContainer {
     pub env: Vec<EnvVar>,
     pub working_dir: Option<String>,
     pub timeout_seconds: Option<i64>,
+    pub once: Option<OnceSpec>,
+}
+
+/// Run this init container once per `key` for the volume holding `path` (install and upgrade
+/// steps shared by the containers that mount it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OnceSpec {
+    pub path: String,
+    #[serde(default)]
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -39,6 +39,12 @@ pub enum BundleError {
         origin: SpecOrigin,
         errors: InvalidSpec,
     },
+    #[error("{origin}: initContainers: {name:?}: once.path {path:?} is in no bind-mounted volume of the bundle")]
+    OnceOutsideVolume {
+        origin: SpecOrigin,
+        name: String,
+        path: String,
+    },
     #[error("{path:?}: process.terminal is true, but `run` passes its own stdio through; set it to false")]
     Terminal { path: PathBuf },
 }
@@ -71,6 +77,8 @@ pub struct Bundle {
     config_path: PathBuf,
     annotations: HashMap<String, String>,
     terminal: bool,
+    /// Bind mounts: where they appear in the container and their host sources.
+    pub binds: Vec<crate::once::Bind>,
 }
 
 impl Bundle {
@@ -93,7 +101,21 @@ impl Bundle {
         // is created, with serde's line and column.
         let config: oci_spec::runtime::Spec =
             serde_json::from_str(&text).map_err(|e| config_error(e.to_string()))?;
+        let binds = config
+            .mounts()
+            .iter()
+            .flatten()
+            .filter(|m| {
+                m.typ().as_deref() == Some("bind")
+                    || m.options()
+                        .iter()
+                        .flatten()
+                        .any(|o| o == "bind" || o == "rbind")
+            })
+            .filter_map(|m| Some((m.destination().clone(), m.source().clone()?)))
+            .collect();
         Ok(Bundle {
+            binds,
             annotations: config.annotations().clone().unwrap_or_default(),
             terminal: config
                 .process()
@@ -132,10 +154,22 @@ impl Bundle {
             };
             return Ok((origin, plan));
         };
-        match Plan::from_json(&json, &defaults) {
-            Ok(plan) => Ok((origin, plan)),
-            Err(errors) => Err(BundleError::Spec { origin, errors }),
+        let plan = Plan::from_json(&json, &defaults).map_err(|errors| BundleError::Spec {
+            origin: origin.clone(),
+            errors,
+        })?;
+        for init in &plan.init_containers {
+            if let Some(once) = init.once.as_ref() {
+                if crate::once::host_path(&self.binds, &once.path).is_none() {
+                    return Err(BundleError::OnceOutsideVolume {
+                        origin,
+                        name: init.name.clone(),
+                        path: once.path.clone(),
+                    });
+                }
+            }
         }
+        Ok((origin, plan))
     }
 
     fn spec_source(
@@ -187,6 +221,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             terminal: false,
+            binds: Vec::new(),
         }
     }
 

@@ -7,6 +7,7 @@ mod container;
 pub mod containerd;
 mod logging;
 mod netns;
+mod once;
 mod output;
 mod pidfile;
 mod poststop;

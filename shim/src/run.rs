@@ -6,12 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 
-use lifecycle_hooks::{run_init_containers, run_phase, terminate, ExitStatus, Phase, Plan};
+use lifecycle_hooks::{run_phase, terminate, ExitStatus, Phase, Plan};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, Signal as SignalStream, SignalKind};
 
 use crate::bundle::{Bundle, BundleError};
 use crate::container::{RuncContainer, SignalRoute};
+use crate::once::run_inits;
 use crate::output::Sink;
 use crate::pidfile::{read_pid, PidFileWatch, Started};
 use crate::poststop::run_post_stop;
@@ -78,6 +79,7 @@ pub async fn run(options: RunOptions) -> Result<i32, RunError> {
     let launch = Launch {
         runc: Runc::new(options.runtime, options.root, reaper),
         id,
+        binds: bundle.binds,
         bundle: bundle.path,
         state: state.path().to_owned(),
     };
@@ -129,6 +131,7 @@ impl Ran {
 struct Launch {
     runc: Runc,
     id: String,
+    binds: Vec<crate::once::Bind>,
     bundle: PathBuf,
     /// Private directory for pid files and runc's log.
     state: PathBuf,
@@ -217,7 +220,7 @@ impl Launch {
                     return Ok(Ran::not_started(128 + signal as i32));
                 }
                 status = &mut exit => return Err(RunError::DiedBeforeStart(status)),
-                result = run_init_containers(&container, &plan.init_containers) => {
+                result = run_inits(&container, &plan.init_containers, &self.binds) => {
                     if let Err(failure) = result {
                         eprintln!("lifecycle-shim: {failure}");
                         eprintln!("lifecycle-shim: the entrypoint was not started");

@@ -311,3 +311,45 @@ fn poststop_runs_before_the_exit_is_published_under_ctr() {
     assert!(stderr.contains("[postStop] cleaned"), "stderr: {stderr}");
     env.assert_clean(&["post"]);
 }
+
+/// `once` under containerd: two tasks sharing a volume run the install step once.
+#[test]
+fn a_once_step_runs_once_for_tasks_sharing_a_volume() {
+    let Some(env) = Env::new() else { return };
+    let volume = tempfile::Builder::new()
+        .prefix("lcs-volume-")
+        .tempdir()
+        .unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        volume.path().display()
+    );
+    let spec = json!({"initContainers": [{"name": "install",
+        "command": ["sh", "-c", "echo installed >> /data/installs; sleep 0.3"],
+        "once": {"path": "/data/.installed", "key": "v1"}}]});
+    let ctrs: Vec<_> = ["vol-a", "vol-b"]
+        .iter()
+        .map(|id| {
+            let args = env.run_args(
+                LIFECYCLE,
+                id,
+                Some(&spec),
+                &["--rm", "--mount", &mount],
+                "echo main >> /data/main",
+            );
+            env.containerd.spawn_ctr(&args_ref(&args))
+        })
+        .collect();
+    for ctr in ctrs {
+        assert_eq!(ctr.wait().status.code(), Some(0));
+    }
+    assert_eq!(
+        crate::support::read_lines(&volume.path().join("installs")),
+        ["installed"]
+    );
+    assert_eq!(
+        crate::support::read_lines(&volume.path().join("main")).len(),
+        2
+    );
+    env.assert_clean(&["vol-a", "vol-b"]);
+}

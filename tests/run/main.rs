@@ -647,6 +647,76 @@ fn poststop_runs_after_a_stop_and_after_prestop() {
     bundle.assert_clean();
 }
 
+/// `once` install steps: containers sharing a volume, started together, run the step exactly
+/// once per key; a failed step is remembered and runs again.
+#[test]
+fn a_once_step_runs_once_per_key_for_containers_sharing_a_volume() {
+    if !prerequisites() {
+        return;
+    }
+    let volume = tempfile::Builder::new()
+        .prefix("lcs-volume-")
+        .tempdir()
+        .unwrap();
+    let bundle_for = |key: &str, script: &str| {
+        let mut bundle = TestBundle::new("echo main >> /data/main");
+        bundle.config["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/data", "type": "bind", "source": volume.path(), "options": ["rbind", "rw"]
+        }));
+        let spec = json!({"initContainers": [{"name": "install", "command": ["sh", "-c", script],
+            "env": [{"name": "KEY", "value": key}], "once": {"path": "/data/.installed", "key": key}}]});
+        bundle.annotate("lifecycle-shim/spec", &spec.to_string());
+        bundle
+    };
+    // The step takes a moment, so without the lock the three would overlap.
+    let install = "echo install-$KEY >> /data/installs; sleep 0.3";
+    let run_three = |key: &str| {
+        let bundles: Vec<TestBundle> = (0..3).map(|_| bundle_for(key, install)).collect();
+        let shims: Vec<_> = bundles.iter().map(|b| b.spawn(&[])).collect();
+        for shim in shims {
+            shim.wait().assert_code(0);
+        }
+        for bundle in &bundles {
+            bundle.assert_clean();
+        }
+    };
+    let installs = || support::read_lines(&volume.path().join("installs"));
+    run_three("v1");
+    assert_eq!(installs(), ["install-v1"]);
+    assert_eq!(support::read_lines(&volume.path().join("main")).len(), 3);
+    run_three("v1");
+    assert_eq!(installs(), ["install-v1"]);
+    run_three("v2");
+    assert_eq!(installs(), ["install-v1", "install-v2"]);
+    // A failed step is remembered as failed, so it runs again next time.
+    let failing = bundle_for("v3", "echo install-$KEY >> /data/installs; exit 1");
+    let done = failing.run();
+    done.assert_code(1);
+    failing.assert_clean();
+    run_three("v3");
+    assert_eq!(
+        installs(),
+        ["install-v1", "install-v2", "install-v3", "install-v3"]
+    );
+}
+
+#[test]
+fn a_once_sentinel_outside_any_volume_is_refused_before_anything_runs() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle = TestBundle::new("echo main >> /markers/order").with_spec(json!({"initContainers": [
+        {"name": "install", "command": ["true"], "once": {"path": "/opt/.installed", "key": "v1"}}
+    ]}));
+    let done = bundle.run();
+    done.assert_code(2);
+    done.assert_stderr_has(
+        "\"install\": once.path \"/opt/.installed\" is in no bind-mounted volume",
+    );
+    assert!(bundle.lines("order").is_empty());
+    bundle.assert_clean();
+}
+
 #[test]
 fn spec_file_overrides_the_annotation() {
     if !prerequisites() {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use containerd_shim::api::{CreateTaskRequest, ExecProcessRequest};
 use containerd_shim::protos::events::task::{TaskCreate, TaskExit, TaskIO, TaskStart};
 use containerd_shim::protos::topics;
-use lifecycle_hooks::{run_init_containers, run_phase, terminate, ExitStatus, Phase, Plan};
+use lifecycle_hooks::{run_phase, terminate, ExitStatus, Phase, Plan};
 use nix::sys::signal::Signal;
 use tokio::task::AbortHandle;
 
@@ -22,6 +22,7 @@ use super::state::{IllegalMove, State};
 use super::stdio::{self, LoggerContext, StdioPaths};
 use crate::bundle::{Bundle, SpecOrigin};
 use crate::container::{RuncContainer, SignalRoute};
+use crate::once::run_inits;
 use crate::output::Sink;
 use crate::pidfile::read_pid;
 use crate::poststop::run_post_stop;
@@ -40,6 +41,7 @@ pub struct Task {
     plan: Plan,
     /// The container has a lifecycle spec; without one it behaves exactly as with runc's shim.
     hooks: bool,
+    binds: Vec<crate::once::Bind>,
     rootfs_mounted: bool,
     inner: Mutex<Inner>,
     execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
@@ -154,6 +156,7 @@ impl Task {
             console,
             plan,
             hooks,
+            binds: bundle.binds.clone(),
             rootfs_mounted,
             inner: Mutex::new(Inner {
                 state: State::Created,
@@ -237,7 +240,7 @@ impl Task {
     async fn lifecycle(self: Arc<Self>) {
         let c = self.hook_container();
         if !self.plan.init_containers.is_empty() {
-            if let Err(failure) = run_init_containers(&c, &self.plan.init_containers).await {
+            if let Err(failure) = run_inits(&c, &self.plan.init_containers, &self.binds).await {
                 self.report(&format!("{failure}; the entrypoint was not started"));
                 self.lock().exit_override = Some(failure.exit_code());
                 let _ = self.runc.reaper().kill(self.pid, Signal::SIGKILL);
