@@ -17,6 +17,7 @@ pub enum Phase {
     PreStop,
     Init,
     PostStop,
+    HealthCheck,
 }
 
 impl Phase {
@@ -26,6 +27,7 @@ impl Phase {
             Phase::PreStop => "preStop",
             Phase::Init => "init",
             Phase::PostStop => "postStop",
+            Phase::HealthCheck => "healthCheck",
         }
     }
 }

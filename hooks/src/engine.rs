@@ -62,6 +62,7 @@ impl HookReport {
             Phase::PreStop => "FailedPreStopHook",
             Phase::Init => "FailedInitContainer",
             Phase::PostStop => "FailedPostStopHook",
+            Phase::HealthCheck => "FailedHealthCheck",
         }
     }
 

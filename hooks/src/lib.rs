@@ -6,6 +6,7 @@
 pub mod container;
 mod describe;
 pub mod engine;
+pub mod health;
 pub mod http;
 pub mod plan;
 pub mod spec;

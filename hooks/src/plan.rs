@@ -23,6 +23,7 @@ pub struct Plan {
     /// Run after the entrypoint has exited, each handler in a fresh container from the same
     /// bundle (Nomad's poststop, Habitat's post-stop).
     pub post_stop: Stages,
+    pub health_check: Option<HealthCheck>,
     pub stop_signal: Signal,
     pub grace: Duration,
     /// Waited on a stop request before PreStop, within the grace period (Nomad's
@@ -34,6 +35,18 @@ pub struct Plan {
 /// A phase's handlers: stages run in order, the handlers of a stage concurrently. A single
 /// handler object in the spec is one stage of one handler; no handler is no stage.
 pub type Stages = Vec<Vec<Hook>>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// An exec or httpGet handler with its timeout.
+    pub hook: Hook,
+    pub period: Duration,
+    /// Stop the container after this many critical results in a row; `None`: never.
+    pub kill_after: Option<u32>,
+}
+
+/// Habitat's default health-check interval.
+pub const DEFAULT_HEALTH_PERIOD: Duration = Duration::from_secs(30);
 
 /// The most further attempts a handler may ask for.
 pub const MAX_RETRIES: i64 = 10;
@@ -150,6 +163,7 @@ impl Default for Plan {
             post_start: Vec::new(),
             pre_stop: Vec::new(),
             post_stop: Vec::new(),
+            health_check: None,
             stop_signal: Signal::SIGTERM,
             grace: DEFAULT_GRACE,
             shutdown_delay: Duration::ZERO,
@@ -177,6 +191,7 @@ impl Plan {
             .post_stop
             .map_or_else(Vec::new, |p| v.phase("postStop", p));
         v.refuse_http_in("postStop", &post_stop);
+        let health_check = spec.health_check.and_then(|h| v.health_check(h));
         let shutdown_delay = match spec.shutdown_delay_seconds {
             Some(s) => v.seconds("shutdownDelaySeconds", s, 0),
             None => Some(Duration::ZERO),
@@ -197,6 +212,7 @@ impl Plan {
             post_start,
             pre_stop,
             post_stop,
+            health_check,
             // Both are Some whenever no error was recorded.
             stop_signal: stop_signal.unwrap_or(Signal::SIGTERM),
             grace: grace.unwrap_or(DEFAULT_GRACE),
@@ -272,6 +288,45 @@ impl Validator {
                 path,
                 format!("unknown signal {name:?} (use a name such as SIGTERM)"),
             )
+        })
+    }
+
+    fn health_check(&mut self, h: spec::HealthCheckSpec) -> Option<HealthCheck> {
+        let path = "healthCheck";
+        let period = match h.period_seconds {
+            None => Some(DEFAULT_HEALTH_PERIOD),
+            Some(s) => self.seconds(&format!("{path}.periodSeconds"), s, 1),
+        };
+        let kill_after = match (h.on_critical.as_deref(), h.critical_threshold) {
+            (None, None) => Some(None),
+            (None, Some(_)) => self.fail(
+                &format!("{path}.criticalThreshold"),
+                "needs onCritical: \"kill\"",
+            ),
+            (Some("kill"), None) => Some(Some(1)),
+            (Some("kill"), Some(n @ 1..=1000)) => Some(Some(n as u32)),
+            (Some("kill"), Some(_)) => {
+                self.fail(&format!("{path}.criticalThreshold"), "must be 1..1000")
+            }
+            (Some(other), _) => self.fail(
+                &format!("{path}.onCritical"),
+                format!("must be \"kill\", not {other:?}"),
+            ),
+        };
+        let handler = spec::Handler {
+            exec: h.exec,
+            http_get: h.http_get,
+            sleep: None,
+            tcp_socket: None,
+            timeout_seconds: h.timeout_seconds,
+            retries: None,
+            backoff_seconds: None,
+        };
+        let hook = self.hook(path, handler);
+        Some(HealthCheck {
+            hook: hook?,
+            period: period?,
+            kill_after: kill_after?,
         })
     }
 
@@ -788,6 +843,36 @@ mod tests {
         );
         assert!(
             errs[0].starts_with("initContainers[0].once.path: must be an absolute file path"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn health_checks_take_exec_or_http_and_a_kill_policy() {
+        let p = plan(
+            r#"{"healthCheck": {"exec": {"command": ["check"]}, "periodSeconds": 5, "onCritical": "kill", "criticalThreshold": 3}}"#,
+        );
+        let check = p.health_check.unwrap();
+        assert_eq!(
+            (check.period, check.kill_after),
+            (Duration::from_secs(5), Some(3))
+        );
+        let errs = errors(
+            r#"{"healthCheck": {"exec": {"command": ["c"]}, "onCritical": "restart", "periodSeconds": 0}}"#,
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("healthCheck.onCritical: must be \"kill\"")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("healthCheck.periodSeconds: must be 1..")),
+            "{errs:?}"
+        );
+        let errs = errors(r#"{"healthCheck": {"periodSeconds": 5}}"#);
+        assert!(
+            errs[0].starts_with("healthCheck: must set exactly one of exec, httpGet"),
             "{errs:?}"
         );
     }

@@ -17,6 +17,7 @@ pub struct Spec {
     pub post_start: Option<PhaseSpec>,
     pub pre_stop: Option<PhaseSpec>,
     pub post_stop: Option<PhaseSpec>,
+    pub health_check: Option<HealthCheckSpec>,
     pub stop_signal: Option<String>,
     pub termination_grace_period_seconds: Option<i64>,
     pub shutdown_delay_seconds: Option<i64>,
@@ -125,6 +126,19 @@ pub struct InitContainer {
     pub working_dir: Option<String>,
     pub timeout_seconds: Option<i64>,
     pub once: Option<OnceSpec>,
+}
+
+/// A periodic check (Habitat's health-check hook, with Kubernetes probe-style fields).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealthCheckSpec {
+    pub exec: Option<ExecAction>,
+    pub http_get: Option<HttpGetAction>,
+    pub period_seconds: Option<i64>,
+    pub timeout_seconds: Option<i64>,
+    /// `"kill"` stops the container after `criticalThreshold` critical results in a row.
+    pub on_critical: Option<String>,
+    pub critical_threshold: Option<i64>,
 }
 
 /// Run this init container once per `key` for the volume holding `path` (install and upgrade

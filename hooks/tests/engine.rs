@@ -21,6 +21,8 @@ struct Fake {
     start: Instant,
     events: RefCell<Vec<(u64, String)>>,
     runs: RefCell<std::collections::HashMap<String, u32>>,
+    /// Exit codes for `code`, one per run.
+    codes: RefCell<std::collections::VecDeque<i32>>,
     /// Where `connect` goes, whatever address is asked for.
     server: Option<SocketAddr>,
     exited: bool,
@@ -32,6 +34,7 @@ impl Fake {
             start: Instant::now(),
             events: RefCell::new(Vec::new()),
             runs: RefCell::default(),
+            codes: RefCell::default(),
             server: None,
             exited: false,
         }
@@ -78,6 +81,10 @@ impl Container for Fake {
         };
         match request.argv[0].as_str() {
             "ok" => Ok(done(ExitStatus::Exited(0), "")),
+            "code" => {
+                let code = self.codes.borrow_mut().pop_front().unwrap_or(0);
+                Ok(done(ExitStatus::Exited(code), &format!("code {code}")))
+            }
             "flaky" => {
                 let key = request.argv.join(" ");
                 let mut runs = self.runs.borrow_mut();
@@ -381,6 +388,59 @@ async fn the_shutdown_delay_comes_first_and_counts_in_the_grace_period() {
         stop_events(r#"{"shutdownDelaySeconds": 60, "preStop": {"exec": {"command": ["ok"]}}, "terminationGracePeriodSeconds": 5}"#).await,
         ev(&[(5, "signal SIGTERM"), (7, "signal SIGKILL")])
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_checks_run_every_period_after_the_splay_and_map_exit_codes() {
+    use lifecycle_hooks::health::{watch_health, Health};
+    let fake = Fake::new();
+    fake.codes.borrow_mut().extend([0, 1, 2, 3, 7, 0]);
+    let p = plan(r#"{"healthCheck": {"exec": {"command": ["code"]}, "periodSeconds": 5}}"#);
+    let mut seen = Vec::new();
+    let watch = watch_health(
+        &fake,
+        p.health_check.as_ref().unwrap(),
+        Duration::from_secs(2),
+        |r| {
+            seen.push((fake.start.elapsed().as_secs(), r.health, r.output.clone()));
+        },
+    );
+    // It never ends by itself without a kill policy.
+    assert!(tokio::time::timeout(Duration::from_secs(28), watch)
+        .await
+        .is_err());
+    let statuses: Vec<(u64, Health)> = seen.iter().map(|(t, h, _)| (*t, *h)).collect();
+    assert_eq!(
+        statuses,
+        [
+            (2, Health::Ok),
+            (7, Health::Warning),
+            (12, Health::Critical),
+            (17, Health::Unknown),
+            (22, Health::Failed),
+            (27, Health::Ok)
+        ]
+    );
+    assert_eq!(seen[2].2, "code 2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_checks_stop_after_the_threshold_of_criticals_in_a_row() {
+    use lifecycle_hooks::health::watch_health;
+    let fake = Fake::new();
+    fake.codes.borrow_mut().extend([2, 0, 2, 2]);
+    let p = plan(
+        r#"{"healthCheck": {"exec": {"command": ["code"]}, "periodSeconds": 1, "onCritical": "kill", "criticalThreshold": 2}}"#,
+    );
+    watch_health(
+        &fake,
+        p.health_check.as_ref().unwrap(),
+        Duration::ZERO,
+        |_| {},
+    )
+    .await;
+    // The lone critical at 0 is forgiven by the ok at 1; the two at 2 and 3 end it.
+    assert_eq!(fake.start.elapsed().as_secs(), 3);
 }
 
 /// Serves each connection with the next canned response, recording request heads.

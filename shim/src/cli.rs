@@ -37,6 +37,13 @@ enum Command {
         spec: Option<PathBuf>,
         bundle: PathBuf,
     },
+    /// Print a running container's latest health-check status.
+    Status {
+        /// The containerd namespace, for a container run by the containerd shim.
+        #[arg(long)]
+        namespace: Option<String>,
+        id: String,
+    },
     /// Validate a bundle's lifecycle spec and print the resolved plan; nothing runs.
     Check {
         /// Read the lifecycle spec from this file instead of the bundle's annotations.
@@ -55,6 +62,7 @@ pub fn main() -> ExitCode {
     crate::logging::init();
     let code = match cli.command {
         Command::Check { spec, bundle } => check(&bundle, spec.as_deref()),
+        Command::Status { namespace, id } => crate::status::show(namespace.as_deref(), &id),
         Command::Run {
             runtime,
             root,

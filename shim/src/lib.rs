@@ -14,3 +14,4 @@ mod poststop;
 pub mod reaper;
 pub mod run;
 pub mod runc;
+mod status;

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 
-use lifecycle_hooks::{run_phase, terminate, ExitStatus, Phase, Plan};
+use lifecycle_hooks::health::{splay, watch_health};
+use lifecycle_hooks::{run_phase, terminate, Container, ExitStatus, HookReport, Phase, Plan};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, Signal as SignalStream, SignalKind};
 
@@ -18,6 +19,7 @@ use crate::pidfile::{read_pid, PidFileWatch, Started};
 use crate::poststop::run_post_stop;
 use crate::reaper::{Exit, Reaper};
 use crate::runc::{ProcessIo, Runc, RuncError};
+use crate::status::{status_path, StatusFile};
 
 /// Exit status for a failure of the shim or the runtime rather than the container (as Docker's
 /// 125), so that it is not mistaken for the container's own.
@@ -277,19 +279,35 @@ async fn supervise(
     mut exit: Exit,
     stops: &mut StopRequests,
 ) -> Outcome {
-    let mut post_start = pin!(run_phase(c, Phase::PostStart, &plan.post_start, None));
+    // PostStart, then the health checks; this ends only when one of them calls for a stop.
+    let mut lifecycle = pin!(async {
+        if let Some(report) = run_phase(c, Phase::PostStart, &plan.post_start, None).await {
+            return Ended::PostStartFailed(report);
+        }
+        match &plan.health_check {
+            Some(check) => {
+                let file = StatusFile::new(status_path(None, Container::id(c)));
+                watch_health(c, check, splay(check.period), |r| file.record(r)).await;
+                Ended::Unhealthy
+            }
+            None => std::future::pending().await,
+        }
+    });
     let mut stop = pin!(terminate(c, plan));
-    let (mut post_start_done, mut stopping, mut killed, mut hook_failed) =
+    let (mut lifecycle_done, mut stopping, mut killed, mut hook_failed) =
         (false, false, false, false);
     loop {
         tokio::select! {
             status = &mut exit => return Outcome { status, hook_failed },
-            failure = &mut post_start, if !post_start_done => {
-                post_start_done = true;
-                if let Some(report) = failure {
-                    eprintln!("lifecycle-shim: {}: {report}", report.reason());
-                    hook_failed = true;
-                    stopping = true;
+            ended = &mut lifecycle, if !lifecycle_done => {
+                lifecycle_done = true;
+                stopping = true;
+                match ended {
+                    Ended::PostStartFailed(report) => {
+                        eprintln!("lifecycle-shim: {}: {report}", report.reason());
+                        hook_failed = true;
+                    }
+                    Ended::Unhealthy => eprintln!("lifecycle-shim: health check critical too many times in a row; stopping"),
                 }
             }
             signal = stops.recv() => {
@@ -303,6 +321,12 @@ async fn supervise(
             () = &mut stop, if stopping && !killed => killed = true,
         }
     }
+}
+
+/// Why the lifecycle of a running container called for a stop.
+enum Ended {
+    PostStartFailed(HookReport),
+    Unhealthy,
 }
 
 /// SIGTERM and SIGINT to the shim, the requests for a graceful stop.

@@ -353,3 +353,37 @@ fn a_once_step_runs_once_for_tasks_sharing_a_volume() {
     );
     env.assert_clean(&["vol-a", "vol-b"]);
 }
+
+/// Health checks under containerd: `lifecycle-shim status --namespace` shows the status.
+#[test]
+fn health_status_is_shown_for_a_task() {
+    let Some(env) = Env::new() else { return };
+    std::fs::write(env.marker("code"), "1").unwrap();
+    let spec = json!({"healthCheck": {"exec": {"command": ["sh", "-c", "echo slow disk; exit $(cat /markers/code)"]}, "periodSeconds": 1}});
+    env.run_detached("healthy", &spec, WAIT_FOR_TERM);
+    let status = || {
+        let out = std::process::Command::new(crate::support::SHIM)
+            .env("LIFECYCLE_SHIM_STATE", env.containerd.shim_state())
+            .args([
+                "status",
+                "--namespace",
+                env.containerd.namespace(),
+                "healthy",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    crate::support::wait_until("the status is warning", || {
+        status().contains("\"status\": \"warning\"")
+    });
+    std::fs::write(env.marker("code"), "0").unwrap();
+    crate::support::wait_until("the status is ok", || {
+        status().contains("\"status\": \"ok\"")
+    });
+    env.ctr_ok(&["task", "kill", "healthy"]);
+    env.wait_for_status("healthy", "STOPPED");
+    env.remove("healthy");
+    assert_eq!(status(), "", "the status file outlived the task");
+    env.assert_clean(&["healthy"]);
+}

@@ -717,6 +717,62 @@ fn a_once_sentinel_outside_any_volume_is_refused_before_anything_runs() {
     bundle.assert_clean();
 }
 
+/// Health checks (Habitat's): ok → critical → ok, seen with `lifecycle-shim status`; the
+/// status goes with the container.
+#[test]
+fn health_status_follows_the_check_and_the_status_command_shows_it() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle = TestBundle::new(WAIT_FOR_TERM).with_spec(json!({"healthCheck": {
+        "exec": {"command": ["sh", "-c", "cat /markers/say; exit $(cat /markers/code)"]}, "periodSeconds": 1}}));
+    let set = |code: &str, say: &str| {
+        std::fs::write(bundle.marker("say"), say).unwrap();
+        std::fs::write(bundle.marker("code"), code).unwrap();
+    };
+    set("0", "all good");
+    let shim = bundle.spawn(&[]);
+    let wait_status = |status: &str, say: &str| {
+        support::wait_until(&format!("the status is {status}"), || {
+            bundle.status().is_some_and(|s| {
+                s.contains(&format!("\"status\": \"{status}\"")) && s.contains(say)
+            })
+        });
+    };
+    wait_status("ok", "all good");
+    set("2", "disk full");
+    wait_status("critical", "disk full");
+    set("0", "recovered");
+    wait_status("ok", "recovered");
+    shim.signal(Signal::SIGTERM);
+    let done = shim.wait();
+    done.assert_code(0);
+    done.assert_stderr_has("health changed");
+    assert_eq!(
+        bundle.status(),
+        None,
+        "the status file outlived the container"
+    );
+    bundle.assert_clean();
+}
+
+#[test]
+fn critical_health_stops_the_container_when_asked() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle = TestBundle::new(WAIT_FOR_TERM).with_spec(json!({
+        "healthCheck": {"exec": {"command": ["sh", "-c", "echo down; exit 2"]}, "periodSeconds": 1,
+                        "onCritical": "kill", "criticalThreshold": 2},
+        "preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /markers/order"]}}
+    }));
+    let done = bundle.run();
+    done.assert_code(0);
+    assert_eq!(bundle.lines("order"), ["prestop", "term"]);
+    done.assert_stderr_has("health check critical too many times in a row; stopping");
+    bundle.assert_clean();
+}
+
 #[test]
 fn spec_file_overrides_the_annotation() {
     if !prerequisites() {

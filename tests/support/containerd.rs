@@ -187,6 +187,11 @@ disabled_plugins = [{disabled}]
         &self.namespace
     }
 
+    /// The `LIFECYCLE_SHIM_STATE` of this containerd's shims.
+    pub fn shim_state(&self) -> PathBuf {
+        self.dir.path().join("shim-state")
+    }
+
     /// The temporary directory holding containerd's files; tests may put their own there.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -299,6 +304,8 @@ disabled_plugins = [{disabled}]
             .arg("--config")
             .arg(self.dir.path().join("config.toml"))
             .env("PATH", path)
+            // The shims inherit it: their health status files stay in the harness directory.
+            .env("LIFECYCLE_SHIM_STATE", self.shim_state())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -153,6 +153,23 @@ impl TestBundle {
         self.dir.path().join("root")
     }
 
+    /// The shim's `LIFECYCLE_SHIM_STATE` for this bundle (health status files).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `lifecycle-shim status` of this bundle's container: its output, if it has a status.
+    pub fn status(&self) -> Option<String> {
+        let out = Command::new(SHIM)
+            .env("LIFECYCLE_SHIM_STATE", self.state_dir())
+            .args(["status", &self.id])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn marker(&self, name: &str) -> PathBuf {
         self.dir.path().join("markers").join(name)
     }
@@ -167,6 +184,7 @@ impl TestBundle {
         let stderr = self.dir.path().join("shim.stderr");
         let stdout = self.dir.path().join("shim.stdout");
         let child = Command::new(SHIM)
+            .env("LIFECYCLE_SHIM_STATE", self.state_dir())
             .arg("run")
             .arg("--root")
             .arg(self.runc_root())

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use containerd_shim::api::{CreateTaskRequest, ExecProcessRequest};
 use containerd_shim::protos::events::task::{TaskCreate, TaskExit, TaskIO, TaskStart};
 use containerd_shim::protos::topics;
+use lifecycle_hooks::health::{splay, watch_health};
 use lifecycle_hooks::{run_phase, terminate, ExitStatus, Phase, Plan};
 use nix::sys::signal::Signal;
 use tokio::task::AbortHandle;
@@ -27,6 +28,7 @@ use crate::output::Sink;
 use crate::pidfile::read_pid;
 use crate::poststop::run_post_stop;
 use crate::runc::{Runc, RuncError};
+use crate::status::{status_path, StatusFile};
 
 pub struct Task {
     pub id: String,
@@ -263,6 +265,13 @@ impl Task {
         if let Some(report) = run_phase(&c, Phase::PostStart, &self.plan.post_start, None).await {
             self.report(&format!("{}: {report}", report.reason()));
             self.lock().hook_failed = true;
+            self.begin_stop();
+            return;
+        }
+        if let Some(check) = &self.plan.health_check {
+            let file = StatusFile::new(status_path(Some(&self.events.namespace), &self.id));
+            watch_health(&c, check, splay(check.period), |r| file.record(r)).await;
+            self.report("health check critical too many times in a row; stopping");
             self.begin_stop();
         }
     }
