@@ -515,3 +515,39 @@ fn stdin_reaches_the_container_to_its_end() {
     assert_eq!(out.status.code(), Some(0));
     env.assert_clean(&["stdin"]);
 }
+
+/// A regression guard for the shim's footprint, robust to a noisy machine: no timing, and
+/// ceilings well above what is measured (1 thread and about 1 MiB of anonymous memory for an
+/// idle release-built shim; the debug build is larger). `Anonymous` rather than
+/// `Private_Dirty`: a freshly built binary's page cache is still dirty and would count.
+#[test]
+fn an_idle_shim_stays_small() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({"postStart": {"exec": {"command": ["true"]}}, "preStop": {"exec": {"command": ["true"]}}});
+    env.run_detached("idle", &spec, IDLE);
+    let shims = env.containerd.shim_processes();
+    let pid: i32 = shims[0].split(':').next().unwrap().parse().unwrap();
+    let field = |file: &str, name: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .map(|v| v.split_whitespace().next().unwrap().parse().unwrap())
+            })
+            .unwrap()
+    };
+    // Once PostStart is done and tokio's blocking pool has let its thread go.
+    crate::support::wait_until("the shim is idle on at most 2 threads", || {
+        field("status", "Threads:") <= 2
+    });
+    let anonymous_kib = field("smaps_rollup", "Anonymous:");
+    assert!(
+        anonymous_kib < 8 * 1024,
+        "an idle shim holds {anonymous_kib} KiB of anonymous memory"
+    );
+    env.ctr_ok(&["task", "kill", "-s", "SIGKILL", "idle"]);
+    env.wait_for_status("idle", "STOPPED");
+    env.remove("idle");
+    env.assert_clean(&["idle"]);
+}
