@@ -73,9 +73,7 @@ impl Ticket {
     fn finish(self, succeeded: bool) -> io::Result<()> {
         let status = if succeeded { "succeeded" } else { "failed" };
         let record = serde_json::json!({"key": self.key, "status": status});
-        let tmp = self.sentinel.with_extension("lifecycle-tmp");
-        std::fs::write(&tmp, record.to_string())?;
-        std::fs::rename(&tmp, &self.sentinel)
+        crate::output::write_atomically(&self.sentinel, record.to_string().as_bytes())
     }
 }
 

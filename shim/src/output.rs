@@ -116,3 +116,11 @@ impl HookOutput {
         String::from_utf8_lossy(&self.tail[start..]).into_owned()
     }
 }
+
+/// Replaces `path` with `bytes` atomically (write beside it, then rename), so a reader sees the
+/// old content or the new, never half of it.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("lifecycle-tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

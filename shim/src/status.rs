@@ -25,7 +25,6 @@ impl StatusFile {
         StatusFile { path }
     }
 
-    /// Replaces the file atomically, so a reader never sees half of it.
     pub fn record(&self, result: &HealthResult) {
         let checked_at = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -36,15 +35,14 @@ impl StatusFile {
             "output": result.output,
             "checkedAt": checked_at,
         });
-        let tmp = self.path.with_extension("tmp");
         let written = self
             .path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| {
-                std::fs::write(&tmp, serde_json::to_vec_pretty(&record).unwrap_or_default())
-            })
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
+                let bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
+                crate::output::write_atomically(&self.path, &bytes)
+            });
         if let Err(error) = written {
             tracing::warn!(%error, path = %self.path.display(), "could not write the health status");
         }

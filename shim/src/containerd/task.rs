@@ -406,11 +406,7 @@ impl Task {
             )
             .await;
             if let Some(report) = failure {
-                let message = format!("{}: {report}", report.reason());
-                tracing::warn!(container = %self.id, "{message}");
-                if let Some(sink) = &sink {
-                    sink.write_line(&format!("lifecycle-shim: {message}\n"));
-                }
+                self.report_to(sink.as_ref(), &format!("{}: {report}", report.reason()));
             }
         }
         drop(sink);
@@ -494,8 +490,14 @@ impl Task {
 
     /// A lifecycle message for the user: in the container's stderr stream and the shim log.
     fn report(&self, message: &str) {
+        let sink = self.lock().sink.clone();
+        self.report_to(sink.as_ref(), message);
+    }
+
+    /// The same, to a given stream (at exit the task's own has already been taken).
+    fn report_to(&self, sink: Option<&Sink>, message: &str) {
         tracing::warn!(container = %self.id, "{message}");
-        if let Some(sink) = &self.lock().sink {
+        if let Some(sink) = sink {
             sink.write_line(&format!("lifecycle-shim: {message}\n"));
         }
     }
