@@ -367,3 +367,30 @@ async fn a_tls_server_that_never_finishes_the_handshake_times_out_in_it() {
     );
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn an_endless_response_head_is_refused_once_it_outgrows_the_read_buffer() {
+    // Headers without end: hyper gives up at its read buffer's limit (about 400 KiB) instead of
+    // buffering the head.
+    let (addr, server) = serve_one(|mut conn| async move {
+        conn.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        let line = format!("X-Filler: {}\r\n", "a".repeat(1000));
+        let mut written = 0u64;
+        while conn.write_all(line.as_bytes()).await.is_ok() {
+            written += line.len() as u64;
+        }
+        written
+    })
+    .await;
+    let report = http_get_against(addr, r#"{"httpGet": {"port": 1}, "timeoutSeconds": 30}"#).await;
+    let message = match &report.result {
+        Err(HookFailure::Http(error @ HttpError::Protocol { .. })) => error.to_string(),
+        _ => panic!("expected an HTTP protocol error: {report}"),
+    };
+    assert!(
+        message.starts_with("HTTP exchange with 127.0.0.1:1: "),
+        "{message}"
+    );
+    let written = server.await.unwrap();
+    assert!(written < 64 << 20, "the server got {written} bytes out");
+}
