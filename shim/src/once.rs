@@ -9,10 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use lifecycle_hooks::plan::{InitContainer, Once};
-use lifecycle_hooks::{
-    run_init_containers, Container, HookFailure, HookReport, InitFailure, Phase,
-};
+use lifecycle_hooks::plan::Once;
 use nix::fcntl::{Flock, FlockArg};
 
 /// A bind mount of the bundle: where it appears in the container, and its host source.
@@ -32,45 +29,15 @@ pub fn host_path(binds: &[Bind], path: &str) -> Option<PathBuf> {
         .map(|(_, host)| host)
 }
 
-/// The init containers in order, each `once` one skipped when its sentinel says it already
-/// succeeded for its key.
-pub async fn run_inits<C: Container>(
-    c: &C,
-    inits: &[InitContainer],
-    binds: &[Bind],
-) -> Result<(), InitFailure> {
-    for init in inits {
-        let ticket = match &init.once {
-            None => None,
-            Some(once) => match begin(binds, once).await {
-                Ok(None) => {
-                    tracing::info!(name = %init.name, key = %once.key, "init container already succeeded for this key; skipped");
-                    continue;
-                }
-                Ok(Some(ticket)) => Some(ticket),
-                Err(error) => return Err(failure(init, error)),
-            },
-        };
-        let result = run_init_containers(c, std::slice::from_ref(init)).await;
-        if let Some(ticket) = ticket {
-            if let Err(error) = ticket.finish(result.is_ok()) {
-                tracing::warn!(name = %init.name, %error, "could not record the once step's outcome");
-            }
-        }
-        result?;
-    }
-    Ok(())
-}
-
 /// The turn to run a once step, holding the volume's lock until `finish`.
-struct Ticket {
+pub struct Ticket {
     _lock: Flock<File>,
     sentinel: PathBuf,
     key: String,
 }
 
 impl Ticket {
-    fn finish(self, succeeded: bool) -> io::Result<()> {
+    pub fn finish(self, succeeded: bool) -> io::Result<()> {
         let status = if succeeded { "succeeded" } else { "failed" };
         let record = serde_json::json!({"key": self.key, "status": status});
         crate::output::write_atomically(&self.sentinel, record.to_string().as_bytes())
@@ -78,7 +45,7 @@ impl Ticket {
 }
 
 /// Waits for the volume's lock; `None` when the step already succeeded for this key.
-async fn begin(binds: &[Bind], once: &Once) -> io::Result<Option<Ticket>> {
+pub async fn begin(binds: &[Bind], once: &Once) -> io::Result<Option<Ticket>> {
     let sentinel = host_path(binds, &once.path)
         .ok_or_else(|| io::Error::other(format!("{} is in no bind-mounted volume", once.path)))?;
     let key = once.key.clone();
@@ -103,21 +70,6 @@ async fn begin(binds: &[Bind], once: &Once) -> io::Result<Option<Ticket>> {
     })
     .await
     .map_err(io::Error::other)?
-}
-
-fn failure(init: &InitContainer, error: io::Error) -> InitFailure {
-    InitFailure {
-        report: HookReport {
-            phase: Phase::Init,
-            name: Some(init.name.clone()),
-            handler: "once",
-            elapsed: std::time::Duration::ZERO,
-            exit_code: None,
-            http_status: None,
-            output: String::new(),
-            result: Err(HookFailure::Runtime(Box::new(error))),
-        },
-    }
 }
 
 #[cfg(test)]

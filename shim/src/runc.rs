@@ -69,6 +69,7 @@ impl ProcessIo {
     }
 }
 
+#[derive(Clone)]
 pub struct Runc {
     binary: PathBuf,
     root: Option<PathBuf>,
@@ -98,7 +99,7 @@ impl Runc {
         log: &Path,
         io: ProcessIo,
     ) -> Result<(), RuncError> {
-        let (_, exit) = self.launch("create", id, bundle, pid_file, log, io)?;
+        let (_, exit) = self.launch(&["create"], id, bundle, pid_file, log, io)?;
         self.succeeded("create", id, exit, log).await
     }
 
@@ -112,13 +113,27 @@ impl Runc {
         log: &Path,
         io: ProcessIo,
     ) -> Result<(Child, Exit), RuncError> {
-        self.launch("run", id, bundle, pid_file, log, io)
+        self.launch(&["run"], id, bundle, pid_file, log, io)
+    }
+
+    /// `runc run --detach`: creates and starts the container and returns once it runs; its
+    /// init is then a child of the shim (as subreaper), its pid in `pid_file`.
+    pub async fn run_detached(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        log: &Path,
+        io: ProcessIo,
+    ) -> Result<(), RuncError> {
+        let (_, exit) = self.launch(&["run", "--detach"], id, bundle, pid_file, log, io)?;
+        self.succeeded("run", id, exit, log).await
     }
 
     /// `runc create` or `runc run`, which take the same arguments.
     fn launch(
         &self,
-        action: &str,
+        action: &[&str],
         id: &str,
         bundle: &Path,
         pid_file: &Path,
@@ -128,7 +143,9 @@ impl Runc {
         let mut cmd = self.command();
         cmd.arg("--log")
             .arg(log)
-            .args(["--log-format", "json", action, "--bundle"])
+            .args(["--log-format", "json"])
+            .args(action)
+            .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
             .arg(pid_file);

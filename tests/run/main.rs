@@ -906,3 +906,85 @@ fn check_prints_the_resolved_plan() {
     );
     assert!(stdout.contains("preStop: none\n"), "{stdout}");
 }
+
+/// A sidecar that crashes on its first run and then serves HTTP on the container's loopback.
+const PROXY_SIDECAR: &str = "echo start >> /markers/proxy
+[ -e /markers/proxy-crashed ] || { touch /markers/proxy-crashed; exit 3; }
+trap 'echo proxy-stop >> /markers/order; exit 0' TERM
+mkdir -p /www && echo proxied > /www/index.html
+httpd -f -p 127.0.0.1:8080 -h /www &
+while :; do sleep 1000 & wait $!; done";
+
+/// A sidecar that records its stop.
+const LOGGER_SIDECAR: &str =
+    "trap 'echo logger-stop >> /markers/order; exit 0' TERM; while :; do sleep 1000 & wait $!; done";
+
+/// An entrypoint that is up once it fetched a page from the proxy sidecar.
+const PROXY_CLIENT: &str = "trap 'echo main-stop >> /markers/order; exit 0' TERM
+until wget -q -O /markers/fetched http://127.0.0.1:8080/index.html; do sleep 0.1; done
+echo up > /markers/up
+while :; do sleep 1000 & wait $!; done";
+
+fn sidecars_spec() -> serde_json::Value {
+    json!({"initContainers": [
+        {"name": "proxy", "command": ["sh", "-c", PROXY_SIDECAR], "restartPolicy": "Always"},
+        {"name": "logger", "command": ["sh", "-c", LOGGER_SIDECAR], "restartPolicy": "Always"}
+    ]})
+}
+
+/// Sidecars (`restartPolicy: Always`): kept running beside the entrypoint in its network
+/// namespace, restarted when they exit, and stopped after the entrypoint, in reverse order.
+#[test]
+fn sidecars_are_restarted_and_stopped_after_the_entrypoint_in_reverse_order() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle = TestBundle::new(PROXY_CLIENT).with_spec(sidecars_spec());
+    let (done, order) = stop_after_up(&bundle);
+    done.assert_code(0);
+    // The proxy crashed once and was started again; the entrypoint reached its second run.
+    assert_eq!(bundle.lines("proxy"), ["start", "start"]);
+    assert_eq!(bundle.lines("fetched"), ["proxied"]);
+    done.assert_stderr_has("sidecar proxy exited with exit code 3; restarting in 1.0s");
+    assert_eq!(order, ["main-stop", "logger-stop", "proxy-stop"]);
+    bundle.assert_clean();
+}
+
+/// A sidecar that ignores the stop signal is killed when the grace period is over.
+#[test]
+fn a_sidecar_that_ignores_sigterm_is_killed_at_the_end_of_the_grace_period() {
+    if !prerequisites() {
+        return;
+    }
+    let stubborn = "trap '' TERM; while :; do sleep 1; done";
+    let bundle = TestBundle::new(WAIT_FOR_TERM).with_spec(json!({
+        "terminationGracePeriodSeconds": 2,
+        "initContainers": [{"name": "stubborn", "command": ["sh", "-c", stubborn], "restartPolicy": "Always"}]
+    }));
+    let (done, order) = stop_after_up(&bundle);
+    done.assert_code(0);
+    assert_eq!(order, ["term"]);
+    bundle.assert_clean();
+}
+
+/// The next init container and the entrypoint wait for a sidecar to run; one that cannot start
+/// stops the sequence.
+#[test]
+fn a_sidecar_that_cannot_start_keeps_the_entrypoint_from_starting() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle = TestBundle::new("echo main >> /markers/order").with_spec(json!({"initContainers": [
+        {"name": "logger", "command": ["sh", "-c", LOGGER_SIDECAR], "restartPolicy": "Always"},
+        {"name": "broken", "command": ["/no/such/program"], "restartPolicy": "Always"},
+        {"name": "after", "command": ["sh", "-c", "echo after >> /markers/order"]}
+    ]}));
+    let done = bundle.run();
+    done.assert_code(1);
+    done.assert_stderr_has("sidecar \"broken\" failed: could not be started");
+    done.assert_stderr_has("/no/such/program: no such file or directory");
+    done.assert_stderr_has("the entrypoint was not started");
+    // The sidecar that did start was stopped.
+    assert_eq!(bundle.lines("order"), ["logger-stop"]);
+    bundle.assert_clean();
+}

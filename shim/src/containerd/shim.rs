@@ -50,13 +50,25 @@ impl Shim for LifecycleShim {
     }
 
     /// Runs as a fresh process in the bundle directory after the shim is gone: whatever runc
-    /// still has of the container is deleted, the rootfs unmounted, and the dead shim's socket
-    /// removed.
+    /// still has of the container and of its sidecars and postStop runs (`<id>-lifecycle-*`)
+    /// is deleted, the rootfs unmounted, and the dead shim's socket removed.
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
         let reaper = Reaper::start().map_err(|e| Error::Other(e.to_string()))?;
-        let runc = Runc::new("runc".into(), Some(runc_root(&self.namespace)), reaper);
-        if let Err(error) = runc.delete(&self.id).await {
-            tracing::warn!(%error, "runc delete during cleanup");
+        let root = runc_root(&self.namespace);
+        let helpers = format!("{}-lifecycle-", self.id);
+        let mut ids: Vec<String> = std::fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| name.starts_with(&helpers))
+            .collect();
+        ids.push(self.id.clone());
+        let runc = Runc::new("runc".into(), Some(root), reaper);
+        for id in &ids {
+            if let Err(error) = runc.delete(id).await {
+                tracing::warn!(%error, "runc delete during cleanup");
+            }
         }
         let rootfs = std::env::current_dir()
             .map_err(|e| Error::Other(e.to_string()))?
