@@ -61,8 +61,7 @@ impl BaseBundle {
         if let Some(object) = config.as_object_mut() {
             object.remove("hooks");
         }
-        if let (Some(pid), Some(namespaces)) =
-            (join, config["linux"]["namespaces"].as_array_mut())
+        if let (Some(pid), Some(namespaces)) = (join, config["linux"]["namespaces"].as_array_mut())
         {
             for namespace in namespaces {
                 let kind = namespace["type"].as_str().unwrap_or_default();
@@ -112,7 +111,10 @@ mod tests {
         assert_eq!(derived["process"]["env"], serde_json::json!(["A=1", "B=2"]));
         assert_eq!(derived["process"]["terminal"], false);
         assert_eq!(derived["process"]["cwd"], "/srv");
-        assert_eq!(derived["root"]["path"], bundle.join("rootfs").to_str().unwrap());
+        assert_eq!(
+            derived["root"]["path"],
+            bundle.join("rootfs").to_str().unwrap()
+        );
         assert_eq!(derived["linux"]["cgroupsPath"], "/pods/app-sidecar-proxy");
         assert!(derived.get("hooks").is_none());
         assert_eq!(

@@ -339,7 +339,8 @@ impl Sidecar {
 
     fn report(&self, message: &str) {
         tracing::warn!(sidecar = %self.name, "{message}");
-        self.sink.write_line(&format!("lifecycle-shim: {message}\n"));
+        self.sink
+            .write_line(&format!("lifecycle-shim: {message}\n"));
     }
 }
 

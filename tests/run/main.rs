@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::json;
+use support::sidecars::{sidecars_spec, LOGGER_SIDECAR, PROXY_CLIENT};
 use support::{container_pid, https_server, prerequisites, wait_for_line, TestBundle, SHIM};
 
 /// The entrypoint most stop tests use: records the stop signal, says it is up, then idles.
@@ -907,31 +908,6 @@ fn check_prints_the_resolved_plan() {
     assert!(stdout.contains("preStop: none\n"), "{stdout}");
 }
 
-/// A sidecar that crashes on its first run and then serves HTTP on the container's loopback.
-const PROXY_SIDECAR: &str = "echo start >> /markers/proxy
-[ -e /markers/proxy-crashed ] || { touch /markers/proxy-crashed; exit 3; }
-trap 'echo proxy-stop >> /markers/order; exit 0' TERM
-mkdir -p /www && echo proxied > /www/index.html
-httpd -f -p 127.0.0.1:8080 -h /www &
-while :; do sleep 1000 & wait $!; done";
-
-/// A sidecar that records its stop.
-const LOGGER_SIDECAR: &str =
-    "trap 'echo logger-stop >> /markers/order; exit 0' TERM; while :; do sleep 1000 & wait $!; done";
-
-/// An entrypoint that is up once it fetched a page from the proxy sidecar.
-const PROXY_CLIENT: &str = "trap 'echo main-stop >> /markers/order; exit 0' TERM
-until wget -q -O /markers/fetched http://127.0.0.1:8080/index.html; do sleep 0.1; done
-echo up > /markers/up
-while :; do sleep 1000 & wait $!; done";
-
-fn sidecars_spec() -> serde_json::Value {
-    json!({"initContainers": [
-        {"name": "proxy", "command": ["sh", "-c", PROXY_SIDECAR], "restartPolicy": "Always"},
-        {"name": "logger", "command": ["sh", "-c", LOGGER_SIDECAR], "restartPolicy": "Always"}
-    ]})
-}
-
 /// Sidecars (`restartPolicy: Always`): kept running beside the entrypoint in its network
 /// namespace, restarted when they exit, and stopped after the entrypoint, in reverse order.
 #[test]
@@ -974,11 +950,12 @@ fn a_sidecar_that_cannot_start_keeps_the_entrypoint_from_starting() {
     if !prerequisites() {
         return;
     }
-    let bundle = TestBundle::new("echo main >> /markers/order").with_spec(json!({"initContainers": [
-        {"name": "logger", "command": ["sh", "-c", LOGGER_SIDECAR], "restartPolicy": "Always"},
-        {"name": "broken", "command": ["/no/such/program"], "restartPolicy": "Always"},
-        {"name": "after", "command": ["sh", "-c", "echo after >> /markers/order"]}
-    ]}));
+    let bundle =
+        TestBundle::new("echo main >> /markers/order").with_spec(json!({"initContainers": [
+            {"name": "logger", "command": ["sh", "-c", LOGGER_SIDECAR], "restartPolicy": "Always"},
+            {"name": "broken", "command": ["/no/such/program"], "restartPolicy": "Always"},
+            {"name": "after", "command": ["sh", "-c", "echo after >> /markers/order"]}
+        ]}));
     let done = bundle.run();
     done.assert_code(1);
     done.assert_stderr_has("sidecar \"broken\" failed: could not be started");

@@ -466,3 +466,34 @@ pub fn https_server(
         .expect("the HTTPS server thread failed before listening");
     handle
 }
+
+/// The sidecar scenario the `run` and containerd suites share: entrypoint and sidecars record
+/// their stops in /markers/order.
+pub mod sidecars {
+    use serde_json::json;
+
+    /// A sidecar that crashes on its first run and then serves HTTP on the container's loopback.
+    pub const PROXY_SIDECAR: &str = "echo start >> /markers/proxy
+    [ -e /markers/proxy-crashed ] || { touch /markers/proxy-crashed; exit 3; }
+    trap 'echo proxy-stop >> /markers/order; exit 0' TERM
+    mkdir -p /www && echo proxied > /www/index.html
+    httpd -f -p 127.0.0.1:8080 -h /www &
+    while :; do sleep 1000 & wait $!; done";
+
+    /// A sidecar that records its stop.
+    pub const LOGGER_SIDECAR: &str =
+        "trap 'echo logger-stop >> /markers/order; exit 0' TERM; while :; do sleep 1000 & wait $!; done";
+
+    /// An entrypoint that is up once it fetched a page from the proxy sidecar.
+    pub const PROXY_CLIENT: &str = "trap 'echo main-stop >> /markers/order; exit 0' TERM
+    until wget -q -O /markers/fetched http://127.0.0.1:8080/index.html; do sleep 0.1; done
+    echo up > /markers/up
+    while :; do sleep 1000 & wait $!; done";
+
+    pub fn sidecars_spec() -> serde_json::Value {
+        json!({"initContainers": [
+            {"name": "proxy", "command": ["sh", "-c", PROXY_SIDECAR], "restartPolicy": "Always"},
+            {"name": "logger", "command": ["sh", "-c", LOGGER_SIDECAR], "restartPolicy": "Always"}
+        ]})
+    }
+}
