@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::json;
-use support::sidecars::{sidecars_spec, LOGGER_SIDECAR, PROXY_CLIENT};
+use support::sidecars::{sidecars_spec, AWAIT_LOGGER, LOGGER_SIDECAR, PROXY_CLIENT};
 use support::{container_pid, https_server, prerequisites, wait_for_line, TestBundle, SHIM};
 
 /// The entrypoint most stop tests use: records the stop signal, says it is up, then idles.

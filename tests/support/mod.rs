@@ -480,9 +480,12 @@ pub mod sidecars {
     httpd -f -p 127.0.0.1:8080 -h /www &
     while :; do sleep 1000 & wait $!; done";
 
-    /// A sidecar that records its stop.
+    /// A sidecar that records its stop; /markers/logger-up says its trap is set.
     pub const LOGGER_SIDECAR: &str =
-        "trap 'echo logger-stop >> /markers/order; exit 0' TERM; while :; do sleep 1000 & wait $!; done";
+        "trap 'echo logger-stop >> /markers/order; exit 0' TERM; echo up > /markers/logger-up; while :; do sleep 1000 & wait $!; done";
+
+    /// Waits until the logger sidecar is ready for its stop signal.
+    pub const AWAIT_LOGGER: &str = "until [ -e /markers/logger-up ]; do sleep 0.05; done";
 
     /// An entrypoint that is up once it fetched a page from the proxy sidecar.
     pub const PROXY_CLIENT: &str = "trap 'echo main-stop >> /markers/order; exit 0' TERM
