@@ -953,6 +953,7 @@ fn a_sidecar_that_cannot_start_keeps_the_entrypoint_from_starting() {
     let bundle =
         TestBundle::new("echo main >> /markers/order").with_spec(json!({"initContainers": [
             {"name": "logger", "command": ["sh", "-c", LOGGER_SIDECAR], "restartPolicy": "Always"},
+            {"name": "wait", "command": ["sh", "-c", AWAIT_LOGGER]},
             {"name": "broken", "command": ["/no/such/program"], "restartPolicy": "Always"},
             {"name": "after", "command": ["sh", "-c", "echo after >> /markers/order"]}
         ]}));
