@@ -19,7 +19,7 @@ use crate::output::Sink;
 use crate::pidfile::{read_pid, PidFileWatch, Started};
 use crate::poststop::run_post_stop;
 use crate::reaper::{Exit, Reaper};
-use crate::runc::{ProcessIo, Runc, RuncError};
+use crate::runc::{ProcessIo, Runc, RuncError, Until};
 use crate::sidecar::{stop_deadline, SidecarHost, Sidecars};
 use crate::status::{status_path, StatusFile};
 
@@ -189,6 +189,7 @@ impl Launch {
         if let Err(error) = self
             .runc
             .create(
+                Until::Created,
                 &self.id,
                 &self.bundle,
                 &pid_file,

@@ -69,6 +69,13 @@ impl ProcessIo {
     }
 }
 
+/// How far [`Runc::create`] takes a container.
+#[derive(Debug, Clone, Copy)]
+pub enum Until {
+    Created,
+    Started,
+}
+
 #[derive(Clone)]
 pub struct Runc {
     binary: PathBuf,
@@ -89,18 +96,25 @@ impl Runc {
         &self.reaper
     }
 
-    /// Creates the container. Its stdio is ours, as with `runc run`; runc's own errors are
-    /// logged as JSON to `log` so they can be reported.
+    /// Creates the container (`runc create`), or creates and starts it (`runc run --detach`),
+    /// and returns once runc has; the container's init is then a child of the shim (as
+    /// subreaper), its pid in `pid_file`. Its stdio is `io`; runc's own errors are logged as
+    /// JSON to `log` so they can be reported.
     pub async fn create(
         &self,
+        until: Until,
         id: &str,
         bundle: &Path,
         pid_file: &Path,
         log: &Path,
         io: ProcessIo,
     ) -> Result<(), RuncError> {
-        let (_, exit) = self.launch(&["create"], id, bundle, pid_file, log, io)?;
-        self.succeeded("create", id, exit, log).await
+        let (action, args): (_, &[&str]) = match until {
+            Until::Created => ("create", &["create"]),
+            Until::Started => ("run", &["run", "--detach"]),
+        };
+        let (_, exit) = self.launch(args, id, bundle, pid_file, log, io)?;
+        self.succeeded(action, id, exit, log).await
     }
 
     /// Starts `runc run` in the foreground: it creates and starts the container, forwards the
@@ -114,20 +128,6 @@ impl Runc {
         io: ProcessIo,
     ) -> Result<(Child, Exit), RuncError> {
         self.launch(&["run"], id, bundle, pid_file, log, io)
-    }
-
-    /// `runc run --detach`: creates and starts the container and returns once it runs; its
-    /// init is then a child of the shim (as subreaper), its pid in `pid_file`.
-    pub async fn run_detached(
-        &self,
-        id: &str,
-        bundle: &Path,
-        pid_file: &Path,
-        log: &Path,
-        io: ProcessIo,
-    ) -> Result<(), RuncError> {
-        let (_, exit) = self.launch(&["run", "--detach"], id, bundle, pid_file, log, io)?;
-        self.succeeded("run", id, exit, log).await
     }
 
     /// `runc create` or `runc run`, which take the same arguments.

@@ -23,7 +23,7 @@ use crate::derived::BaseBundle;
 use crate::output::{HookOutput, Sink};
 use crate::pidfile::read_pid;
 use crate::reaper::Exit;
-use crate::runc::{ProcessIo, Runc, RuncError};
+use crate::runc::{ProcessIo, Runc, RuncError, Until};
 
 /// The pause before a sidecar that exited is started again. It doubles with each restart up to
 /// [`MAX_BACKOFF`], and starts over after a run that lasted at least that long.
@@ -173,13 +173,7 @@ impl Sidecar {
     ) -> Result<Sidecar, SidecarError> {
         let dir = host.state.join(format!("sidecar-{}", init.name));
         let label = format!("sidecar:{}", init.name);
-        let request = ExecRequest {
-            label: &label,
-            argv: &init.argv,
-            env: &init.env,
-            working_dir: init.working_dir.as_deref(),
-            deadline: None,
-        };
+        let request = ExecRequest::init(init, &label, None);
         BaseBundle::read(&host.bundle)
             .and_then(|base| {
                 base.derive(
@@ -226,7 +220,7 @@ impl Sidecar {
         };
         let log = self.dir.join("runc.log");
         if let Err(error) = runc
-            .run_detached(&self.run_id, &self.dir, &pid_file, &log, io)
+            .create(Until::Started, &self.run_id, &self.dir, &pid_file, &log, io)
             .await
         {
             if !error.id_taken() {

@@ -28,7 +28,7 @@ use crate::inits::run_inits;
 use crate::output::Sink;
 use crate::pidfile::read_pid;
 use crate::poststop::run_post_stop;
-use crate::runc::{Runc, RuncError};
+use crate::runc::{Runc, RuncError, Until};
 use crate::sidecar::{stop_deadline, SidecarHost, Sidecars};
 use crate::status::{status_path, StatusFile};
 
@@ -109,7 +109,14 @@ impl Task {
             let log = bundle_path.join("runc.log");
             let create = async {
                 Ok(runc
-                    .create(&req.id, &bundle_path, &pid_file, &log, opened.io)
+                    .create(
+                        Until::Created,
+                        &req.id,
+                        &bundle_path,
+                        &pid_file,
+                        &log,
+                        opened.io,
+                    )
                     .await?)
             };
             let (created, console) = match opened.console {
