@@ -2,6 +2,7 @@
 //! print its address), the `delete` action (clean up after a shim that is gone), and the task
 //! service the long-running shim serves.
 
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -45,6 +46,10 @@ impl Shim for LifecycleShim {
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
         let grouping = opts.id.clone();
         let address = spawn(opts, &grouping, Vec::new()).await?;
+        // Whoever can connect controls the container: root's alone, whatever the umask.
+        let socket = address.trim_start_matches("unix://");
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::Other(format!("securing the socket {socket}: {e}")))?;
         write_str_to_file("address", &address).await?;
         Ok(address)
     }
