@@ -4,6 +4,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod hardening;
+
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
