@@ -50,11 +50,7 @@ fn exec_hooks_run_as_the_container_user_in_its_namespaces_and_cgroup() {
         "bounding": ["CAP_KILL"], "permitted": ["CAP_KILL"], "effective": ["CAP_KILL"]
     });
     bundle.save();
-    std::fs::set_permissions(
-        bundle.marker(""),
-        std::fs::Permissions::from_mode(0o777),
-    )
-    .unwrap();
+    std::fs::set_permissions(bundle.marker(""), std::fs::Permissions::from_mode(0o777)).unwrap();
     bundle.run().assert_code(0);
     let main = bundle.lines("main");
     assert_eq!(main[0], "uid=1000 gid=1000");
@@ -69,8 +65,9 @@ fn exec_hooks_run_as_the_container_user_in_its_namespaces_and_cgroup() {
     bundle.assert_clean();
 }
 
-/// A plain HTTP server on the host's loopback that answers 200 and counts connections.
-fn host_server() -> (u16, Arc<AtomicUsize>) {
+/// A plain HTTP server on the host's loopback that answers 200, counts connections, and
+/// creates `served` once it has answered.
+fn host_server(served: std::path::PathBuf) -> (u16, Arc<AtomicUsize>) {
     let port = free_port();
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let count = Arc::new(AtomicUsize::new(0));
@@ -81,6 +78,8 @@ fn host_server() -> (u16, Arc<AtomicUsize>) {
             let mut buf = [0u8; 1024];
             let _ = stream.read(&mut buf);
             let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+            drop(stream);
+            std::fs::write(&served, "").unwrap();
         }
     });
     (port, count)
@@ -94,7 +93,8 @@ fn http_get_cannot_reach_the_host_loopback_from_a_private_network_namespace() {
     if !prerequisites() {
         return;
     }
-    let (port, connections) = host_server();
+    let mut shared = TestBundle::new("until [ -e /markers/served ]; do sleep 0.05; done");
+    let (port, connections) = host_server(shared.marker("served"));
     let spec = json!({"postStart": {"httpGet": {"port": port, "path": "/probe"}}});
     let private = TestBundle::new(crate::WAIT_FOR_TERM).with_spec(spec.clone());
     let done = private.run();
@@ -106,11 +106,143 @@ fn http_get_cannot_reach_the_host_loopback_from_a_private_network_namespace() {
     private.assert_clean();
 
     // The same hook in a container without a network namespace of its own reaches it.
-    let mut shared = TestBundle::new("exit 0").with_spec(spec);
+    shared.annotate("lifecycle-shim/spec", &spec.to_string());
     let namespaces = shared.config["linux"]["namespaces"].as_array_mut().unwrap();
     namespaces.retain(|n| n["type"] != "network");
     shared.save();
     shared.run().assert_code(0);
     assert_eq!(connections.load(Ordering::SeqCst), 1);
     shared.assert_clean();
+}
+
+/// Host processes whose root is the bundle's rootfs and whose command line holds `needle`.
+fn container_processes(bundle: &TestBundle, needle: &str) -> Vec<String> {
+    crate::support::processes_rooted_at(&bundle.rootfs())
+        .into_iter()
+        .filter(|p| p.contains(needle))
+        .collect()
+}
+
+/// A hook that ignores SIGTERM, daemonizes a child into a session of its own and hangs is
+/// killed at its timeout with that child; the container lives on.
+#[test]
+fn a_timed_out_hook_is_killed_with_the_daemon_it_started() {
+    if !prerequisites() {
+        return;
+    }
+    // The first attempt starts a daemon (sleep 1001) and hangs (sleep 1002); the retry
+    // succeeds, so the container keeps running.
+    let hook = "if [ -e /markers/tried ]; then echo ok > /markers/retried; exit 0; fi; touch /markers/tried; \
+                setsid sleep 1001 & trap '' TERM; sleep 1002";
+    let bundle = TestBundle::new(&format!(
+        "until [ -s /markers/retried ]; do sleep 0.05; done; {}",
+        crate::WAIT_FOR_TERM
+    ))
+    .with_spec(
+        json!({"postStart": {"exec": {"command": ["sh", "-c", hook]},
+        "timeoutSeconds": 1, "retries": 1, "backoffSeconds": 0}}),
+    );
+    let shim = bundle.spawn(&[]);
+    crate::wait_for_line(&bundle.marker("up"), Some("up"));
+    assert_eq!(
+        container_processes(&bundle, "sleep 1002"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        container_processes(&bundle, "sleep 1001"),
+        Vec::<String>::new()
+    );
+    shim.signal(nix::sys::signal::Signal::SIGTERM);
+    shim.wait().assert_code(0);
+    bundle.assert_clean();
+}
+
+/// A hook that writes 100 MiB without a newline: its output is streamed in bounded pieces, so
+/// the shim's memory stays small.
+#[test]
+fn a_hook_flooding_its_output_leaves_the_shim_small() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle = TestBundle::new(&format!(
+        "until [ -e /markers/flooded ]; do sleep 0.05; done; {}",
+        crate::WAIT_FOR_TERM
+    ))
+    .with_spec(json!({"postStart": {"exec": {"command": ["sh", "-c",
+        "head -c 104857600 /dev/zero; touch /markers/flooded"]}}}));
+    let shim = bundle.spawn(&[]);
+    crate::wait_for_line(&bundle.marker("up"), Some("up"));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", shim.child.id())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap();
+    // Generous: an idle shim peaks near 10 MiB; buffering the output would take 100 MiB.
+    assert!(peak_kib < 48 * 1024, "the shim peaked at {peak_kib} KiB");
+    shim.signal(nix::sys::signal::Signal::SIGTERM);
+    let done = shim.wait();
+    done.assert_code(0);
+    assert!(
+        std::fs::metadata(bundle.dir.path().join("shim.stderr"))
+            .unwrap()
+            .len()
+            > 100 << 20,
+        "the output was not passed on"
+    );
+    bundle.assert_clean();
+}
+
+/// A runtime wrapper that runs the real runc but fails `action` as runc does: an error in its
+/// JSON log and on stderr, exit status 1.
+fn failing_runtime(dir: &std::path::Path, action: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("runc-failing-{action}"));
+    crate::support::write_executable(
+        dir,
+        &format!("/runc-failing-{action}"),
+        &format!(
+            "#!/bin/sh
+log=; prev=
+for a in \"$@\"; do [ \"$prev\" = --log ] && log=$a; prev=$a; done
+for a in \"$@\"; do
+  if [ \"$a\" = {action} ]; then
+    [ -n \"$log\" ] && echo '{{\"level\":\"error\",\"msg\":\"injected {action} failure\"}}' >> \"$log\"
+    echo 'injected {action} failure' >&2
+    exit 1
+  fi
+done
+exec runc \"$@\"
+"
+        ),
+    );
+    path
+}
+
+/// runc failing on create (or run), start or exec: a clear error, and nothing half-created.
+#[test]
+fn a_failing_runtime_is_a_clear_error_and_nothing_is_left() {
+    if !prerequisites() {
+        return;
+    }
+    let tools = tempfile::tempdir().unwrap();
+    let init = json!({"initContainers": [{"name": "a", "command": ["true"]}]});
+    let hook = json!({"postStart": {"exec": {"command": ["true"]}}});
+    // (failing action, spec, exit status, message)
+    let cases = [
+        ("run", json!({}), 125, "run"),
+        ("create", init.clone(), 125, "create"),
+        ("start", init.clone(), 125, "start"),
+        ("exec", init.clone(), 1, "exec"),
+        ("exec", hook, 1, "exec"),
+    ];
+    for (action, spec, code, what) in cases {
+        let runtime = failing_runtime(tools.path(), action);
+        let bundle = TestBundle::new(crate::WAIT_FOR_TERM).with_spec(spec);
+        let done = bundle
+            .spawn(&["--runtime", runtime.to_str().unwrap()])
+            .wait();
+        done.assert_code(code);
+        done.assert_stderr_has(&format!("injected {what} failure"));
+        bundle.assert_clean();
+    }
 }
