@@ -144,6 +144,8 @@ fn a_timed_out_hook_is_killed_with_the_daemon_it_started() {
     );
     let shim = bundle.spawn(&[]);
     crate::wait_for_line(&bundle.marker("up"), Some("up"));
+    // The container's processes are seen: its entrypoint is.
+    assert_eq!(container_processes(&bundle, "/markers/retried").len(), 1);
     assert_eq!(
         container_processes(&bundle, "sleep 1002"),
         Vec::<String>::new()

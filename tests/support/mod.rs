@@ -250,14 +250,20 @@ pub fn make_busybox_rootfs(rootfs: &Path) {
 }
 
 pub fn processes_rooted_at(rootfs: &Path) -> Vec<String> {
-    let rootfs = fs::canonicalize(rootfs).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    // By identity, not by name: after pivot_root, /proc/PID/root reads as "/".
+    let Ok(root) = fs::metadata(rootfs) else {
+        return Vec::new();
+    };
     let mut found = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        if fs::read_link(entry.path().join("root")).is_ok_and(|root| root == rootfs) {
+        let same = fs::metadata(entry.path().join("root"))
+            .is_ok_and(|r| (r.dev(), r.ino()) == (root.dev(), root.ino()));
+        if same {
             let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
             found.push(format!(
                 "{name}: {}",
