@@ -190,3 +190,42 @@ fn a_shim_killed_during_a_hook_leaves_nothing() {
         assert!(left.trim().is_empty(), "{phase}: the cgroup holds {left}");
     }
 }
+
+/// The fewest open fds of `pid` over a short window, so a hook that happens to be running
+/// (its pipes open) does not count.
+fn settled_fds(pid: i32) -> usize {
+    (0..30)
+        .map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .count()
+        })
+        .min()
+        .unwrap()
+}
+
+/// A long-lived shim does not leak fds over health checks and exec processes.
+#[test]
+fn a_long_lived_shim_keeps_its_fds() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({"healthCheck": {"exec": {"command": ["sh", "-c", "echo check >> /markers/checks"]}, "periodSeconds": 1}});
+    env.run_detached("long", &spec, "echo up > /markers/up; exec sleep 1000");
+    let shims = env.containerd.shim_processes();
+    let pid: i32 = shims[0].split(':').next().unwrap().parse().unwrap();
+    crate::support::wait_until("a first health check", || env.lines("checks").len() >= 1);
+    let before = settled_fds(pid);
+    for _ in 0..10 {
+        env.ctr_ok(&["task", "exec", "--exec-id", "probe", "long", "true"]);
+    }
+    let checks = env.lines("checks").len();
+    crate::support::wait_until("five more health checks", || {
+        env.lines("checks").len() >= checks + 5
+    });
+    let after = settled_fds(pid);
+    assert!(after <= before, "fds grew from {before} to {after}");
+    env.ctr_ok(&["task", "kill", "-s", "SIGKILL", "long"]);
+    env.wait_for_status("long", "STOPPED");
+    env.remove("long");
+    env.assert_clean(&["long"]);
+}

@@ -248,3 +248,64 @@ fn a_failing_runtime_is_a_clear_error_and_nothing_is_left() {
         bundle.assert_clean();
     }
 }
+
+/// 200 lifecycles, 20 at a time, each with a PostStart that succeeds, fails or times out at
+/// random (the seed is printed): every exit status is the expected one, PostStart ran once,
+/// PreStop once exactly when a failed PostStart stopped the container, and nothing is left.
+#[test]
+fn two_hundred_lifecycles_with_random_outcomes_keep_every_status() {
+    if !prerequisites() {
+        return;
+    }
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("seed {seed}");
+    let workers: Vec<_> = (0..20u64)
+        .map(|worker| {
+            std::thread::spawn(move || {
+                let mut state = seed ^ (worker + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut next = move || {
+                    // xorshift64: reproducible from the seed.
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state
+                };
+                for _ in 0..10 {
+                    let outcome = next() % 3;
+                    let code = (next() % 4) as i32;
+                    lifecycle(outcome, code);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    assert!(crate::support::zombie_children(std::process::id() as i32).is_empty());
+}
+
+/// One lifecycle: PostStart succeeds (0), fails (1) or times out (2); the entrypoint exits
+/// with `code` once PostStart succeeded, and with 0 on SIGTERM.
+fn lifecycle(outcome: u64, code: i32) {
+    let hook = match outcome {
+        0 => "echo ran >> /markers/poststart; touch /markers/ok",
+        1 => "echo ran >> /markers/poststart; exit 3",
+        _ => "echo ran >> /markers/poststart; sleep 100",
+    };
+    let bundle = TestBundle::new(&format!(
+        "trap 'exit 0' TERM; until [ -e /markers/ok ]; do sleep 0.05; done; exit {code}"
+    ))
+    .with_spec(json!({
+        "postStart": {"exec": {"command": ["sh", "-c", hook]}, "timeoutSeconds": 1},
+        "preStop": {"exec": {"command": ["sh", "-c", "echo ran >> /markers/prestop"]}}
+    }));
+    let done = bundle.run();
+    let (expected, prestops) = if outcome == 0 { (code, 0) } else { (1, 1) };
+    assert_eq!(done.code(), expected, "outcome {outcome}: {}", done.stderr);
+    assert_eq!(bundle.lines("poststart").len(), 1, "outcome {outcome}");
+    assert_eq!(bundle.lines("prestop").len(), prestops, "outcome {outcome}");
+    bundle.assert_clean();
+}
