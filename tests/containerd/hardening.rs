@@ -213,7 +213,7 @@ fn a_long_lived_shim_keeps_its_fds() {
     env.run_detached("long", &spec, "echo up > /markers/up; exec sleep 1000");
     let shims = env.containerd.shim_processes();
     let pid: i32 = shims[0].split(':').next().unwrap().parse().unwrap();
-    crate::support::wait_until("a first health check", || env.lines("checks").len() >= 1);
+    crate::support::wait_until("a first health check", || !env.lines("checks").is_empty());
     let before = settled_fds(pid);
     for _ in 0..10 {
         env.ctr_ok(&["task", "exec", "--exec-id", "probe", "long", "true"]);
