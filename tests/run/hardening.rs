@@ -309,3 +309,32 @@ fn lifecycle(outcome: u64, code: i32) {
     assert_eq!(bundle.lines("prestop").len(), prestops, "outcome {outcome}");
     bundle.assert_clean();
 }
+
+/// The shim, root on the host, never follows a symlink the container planted in a volume: a
+/// `once` sentinel behind one is refused and nothing is written outside the volume.
+#[test]
+fn a_once_sentinel_behind_a_planted_symlink_is_refused() {
+    if !prerequisites() {
+        return;
+    }
+    let volume = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let mut bundle = TestBundle::new("echo main >> /markers/order");
+    bundle.config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/data", "type": "bind", "source": volume.path(), "options": ["rbind", "rw"]
+    }));
+    let plant = format!("ln -s {} /data/link", outside.path().display());
+    let spec = json!({"initContainers": [
+        {"name": "plant", "command": ["sh", "-c", plant]},
+        {"name": "install", "command": ["sh", "-c", "echo install >> /markers/order"],
+         "once": {"path": "/data/link/.installed", "key": "1"}}
+    ]});
+    bundle.annotate("lifecycle-shim/spec", &spec.to_string());
+    let done = bundle.run();
+    done.assert_code(1);
+    done.assert_stderr_has("symlinks are not followed");
+    assert!(bundle.lines("order").is_empty());
+    let written: Vec<_> = std::fs::read_dir(outside.path()).unwrap().flatten().collect();
+    assert!(written.is_empty(), "written outside the volume: {written:?}");
+    bundle.assert_clean();
+}
