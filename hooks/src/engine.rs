@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use nix::sys::signal::Signal;
-use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio::time::{sleep_until, Instant};
 
 use crate::container::{Container, ExecRequest, ExitStatus, Phase};
 use crate::http::{self, HttpError};
@@ -198,15 +198,10 @@ pub async fn run_hook<C: Container>(
             exec(c, phase, None, request).await
         }
         Action::HttpGet(get) => {
-            let outcome = match deadline {
-                Some(at) => timeout_at(at, http::get(c, get)).await.ok(),
-                None => Some(http::get(c, get).await),
-            };
             let mut report = report(phase, None, "httpGet", start);
-            match outcome {
-                None => report.result = Err(HookFailure::TimedOut(start.elapsed())),
-                Some(Err(error)) => report.result = Err(error.into()),
-                Some(Ok(response)) => {
+            match http::get(c, get, deadline).await {
+                Err(error) => report.result = Err(error.into()),
+                Ok(response) => {
                     report.http_status = Some(response.status);
                     report.output = response.body;
                     if !(200..400).contains(&response.status) {

@@ -1,9 +1,16 @@
 //! The httpGet handler: one GET from inside the container's network namespace, HTTP or HTTPS
 //! (certificates not verified, as in Kubernetes), same-origin redirects followed up to
-//! [`MAX_REDIRECTS`], and at most [`MAX_BODY`] bytes of the body read.
+//! [`MAX_REDIRECTS`], and at most [`MAX_BODY`] bytes of the body read. A timeout says how far
+//! the exchange got.
 
+use std::fmt;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue, ACCEPT, HOST, LOCATION, USER_AGENT};
 use http::{Request, Uri};
@@ -14,10 +21,12 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsConnector;
 
 use crate::container::Container;
+use crate::engine::Seconds;
 use crate::plan::{HttpGet, Scheme};
 
 /// Kubernetes follows at most 10 redirects for hooks and probes.
@@ -46,6 +55,96 @@ pub enum HttpError {
     },
     #[error("more than {MAX_REDIRECTS} redirects")]
     TooManyRedirects,
+    #[error("timed out after {} {progress}", Seconds(*.elapsed))]
+    TimedOut {
+        elapsed: Duration,
+        progress: Progress,
+    },
+}
+
+/// How far an exchange had got when its deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub addr: SocketAddr,
+    pub stage: Stage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connecting,
+    TlsHandshake,
+    /// The request was sent; `received` bytes of the response had arrived.
+    AwaitingResponse {
+        received: u64,
+    },
+    /// The status and headers had arrived, and `received` bytes of the body.
+    ReadingBody {
+        received: u64,
+    },
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let addr = self.addr;
+        match self.stage {
+            Stage::Connecting => write!(f, "connecting to {addr}"),
+            Stage::TlsHandshake => write!(f, "in the TLS handshake with {addr}"),
+            Stage::AwaitingResponse { received: 0 } => {
+                write!(f, "waiting for a response from {addr} (nothing received)")
+            }
+            Stage::AwaitingResponse { received } => write!(
+                f,
+                "waiting for the response head from {addr} (only {} received)",
+                ByteCount(received)
+            ),
+            Stage::ReadingBody { received } => write!(
+                f,
+                "reading the response body from {addr} ({} of it received)",
+                ByteCount(received)
+            ),
+        }
+    }
+}
+
+/// A byte count as a phrase: `1 byte`, `7 bytes`.
+struct ByteCount(u64);
+
+impl fmt::Display for ByteCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            1 => f.write_str("1 byte"),
+            n => write!(f, "{n} bytes"),
+        }
+    }
+}
+
+/// Where a GET is, shared with the exchange it watches: the stage, and the bytes read from the
+/// connection (counted by [`Counted`], which hyper owns).
+struct Tracker {
+    addr: SocketAddr,
+    /// A mutex rather than a cell: the shim runs hooks in tasks that may move between threads.
+    stage: Mutex<Stage>,
+    read: Arc<AtomicU64>,
+}
+
+impl Tracker {
+    fn set(&self, stage: Stage) {
+        *self.stage.lock().unwrap_or_else(|e| e.into_inner()) = stage;
+    }
+
+    fn progress(&self) -> Progress {
+        let stage = *self.stage.lock().unwrap_or_else(|e| e.into_inner());
+        let stage = match stage {
+            Stage::AwaitingResponse { .. } => Stage::AwaitingResponse {
+                received: self.read.load(Ordering::Relaxed),
+            },
+            stage => stage,
+        };
+        Progress {
+            addr: self.addr,
+            stage,
+        }
+    }
 }
 
 /// The final response: its status and the first [`MAX_BODY`] bytes of its body.
@@ -61,14 +160,51 @@ struct Exchange {
     body: Vec<u8>,
 }
 
-/// Performs the GET, following same-origin redirects. A redirect elsewhere is not followed and
-/// its 3xx response is the result, as with the kubelet.
-pub async fn get<C: Container>(c: &C, get: &HttpGet) -> Result<Response, HttpError> {
+/// Performs the GET, following same-origin redirects, and gives up at `deadline`. A redirect
+/// elsewhere is not followed and its 3xx response is the result, as with the kubelet.
+pub async fn get<C: Container>(
+    c: &C,
+    get: &HttpGet,
+    deadline: Option<Instant>,
+) -> Result<Response, HttpError> {
+    let start = Instant::now();
+    let tracker = Tracker {
+        addr: SocketAddr::new(get.host, get.port),
+        stage: Mutex::new(Stage::Connecting),
+        read: Arc::default(),
+    };
+    let attempt = follow(c, get, &tracker);
+    let Some(deadline) = deadline else {
+        return attempt.await;
+    };
+    timeout_at(deadline, attempt).await.unwrap_or_else(|_| {
+        Err(HttpError::TimedOut {
+            elapsed: start.elapsed(),
+            progress: tracker.progress(),
+        })
+    })
+}
+
+async fn follow<C: Container>(
+    c: &C,
+    get: &HttpGet,
+    tracker: &Tracker,
+) -> Result<Response, HttpError> {
     let mut path = get.path.clone();
     for _ in 0..=MAX_REDIRECTS {
-        let exchange = request(c, get, &path).await?;
+        let exchange = request(c, get, &path, tracker).await?;
         let next = match (exchange.status, &exchange.location) {
-            (301 | 302 | 303 | 307 | 308, Some(location)) => same_origin(get, &path, location),
+            (301 | 302 | 303 | 307 | 308, Some(location)) => {
+                let next = same_origin(get, &path, location);
+                if next.is_none() {
+                    tracing::warn!(
+                        status = exchange.status,
+                        location,
+                        "redirect to another scheme, host or port not followed; its status is the answer"
+                    );
+                }
+                next
+            }
             _ => None,
         };
         match next {
@@ -84,40 +220,55 @@ pub async fn get<C: Container>(c: &C, get: &HttpGet) -> Result<Response, HttpErr
     Err(HttpError::TooManyRedirects)
 }
 
-async fn request<C: Container>(c: &C, get: &HttpGet, path: &str) -> Result<Exchange, HttpError> {
-    let addr = SocketAddr::new(get.host, get.port);
+async fn request<C: Container>(
+    c: &C,
+    get: &HttpGet,
+    path: &str,
+    tracker: &Tracker,
+) -> Result<Exchange, HttpError> {
+    let addr = tracker.addr;
+    tracker.set(Stage::Connecting);
     let tcp = c
         .connect(addr)
         .await
         .map_err(|source| HttpError::Connect { addr, source })?;
     match get.scheme {
-        Scheme::Http => exchange(tcp, addr, get, path).await,
+        Scheme::Http => exchange(tcp, get, path, tracker).await,
         Scheme::Https => {
+            tracker.set(Stage::TlsHandshake);
             let tls = tls_connector()
                 .connect(ServerName::IpAddress(get.host.into()), tcp)
                 .await
                 .map_err(|source| HttpError::Tls { addr, source })?;
-            exchange(tls, addr, get, path).await
+            exchange(tls, get, path, tracker).await
         }
     }
 }
 
 async fn exchange<S>(
     io: S,
-    addr: SocketAddr,
     get: &HttpGet,
     path: &str,
+    tracker: &Tracker,
 ) -> Result<Exchange, HttpError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let addr = tracker.addr;
     let protocol = |source| HttpError::Protocol { addr, source };
+    tracker.read.store(0, Ordering::Relaxed);
+    tracker.set(Stage::AwaitingResponse { received: 0 });
+    let io = Counted {
+        inner: io,
+        read: tracker.read.clone(),
+    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(protocol)?;
     let request = build_request(addr, get, path);
     let exchange = async {
         let response = sender.send_request(request).await?;
+        tracker.set(Stage::ReadingBody { received: 0 });
         let status = response.status().as_u16();
         let location = response
             .headers()
@@ -133,6 +284,9 @@ where
             if let Ok(data) = frame?.into_data() {
                 let room = MAX_BODY - bytes.len();
                 bytes.extend_from_slice(&data[..data.len().min(room)]);
+                tracker.set(Stage::ReadingBody {
+                    received: bytes.len() as u64,
+                });
             }
         }
         Ok(Exchange {
@@ -153,6 +307,44 @@ where
                 conn_open = false;
             }
         }
+    }
+}
+
+/// Counts the bytes read through it, so a timeout can say whether anything arrived.
+struct Counted<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.read.fetch_add(read, Ordering::Relaxed);
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -14,7 +14,7 @@ use crate::spec::{self, Spec};
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// The longest duration accepted anywhere in a spec (a year), so arithmetic on deadlines cannot
 /// overflow.
-const MAX_SECONDS: i64 = 365 * 24 * 3600;
+pub const MAX_SECONDS: i64 = 365 * 24 * 3600;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -545,9 +545,18 @@ impl Validator {
                     format!("{:?} is used twice", init.name),
                 );
             }
-            let mut argv = init.command;
-            argv.extend(init.args);
-            let argv = self.argv(&format!("{path}.command"), argv);
+            // Kubernetes passes `args` alone to the image's entrypoint; there is none here, and
+            // running args[0] as the program would surprise (found by tests/spec_fuzz.rs).
+            let argv = if init.command.is_empty() {
+                self.fail(
+                    &format!("{path}.command"),
+                    "must name a program to run (args alone are not enough: no image entrypoint is used)",
+                )
+            } else {
+                let mut argv = init.command;
+                argv.extend(init.args);
+                self.argv(&format!("{path}.command"), argv)
+            };
             let mut env = Vec::new();
             for (j, var) in init.env.into_iter().enumerate() {
                 if var.name.is_empty() || var.name.contains(['=', '\0']) {
@@ -813,6 +822,10 @@ mod tests {
                 "initContainers[0].command: must name a program",
             ),
             (
+                r#"{"initContainers": [{"name": "a", "args": ["migrate"]}]}"#,
+                "initContainers[0].command: must name a program",
+            ),
+            (
                 r#"{"initContainers": [{"name": "a", "command": ["x"], "workingDir": "tmp"}]}"#,
                 "initContainers[0].workingDir: must be an absolute path",
             ),
@@ -822,6 +835,109 @@ mod tests {
             ),
         ];
         for (json, expected) in cases {
+            let errs = errors(json);
+            assert!(
+                errs.iter().any(|e| e.starts_with(expected)),
+                "{json}: expected {expected:?}, got {errs:?}"
+            );
+        }
+    }
+
+    /// Issue 7: NUL bytes, numbers no field can hold, negative durations. Each is refused
+    /// with an error that starts with the field's path (never a panic, never a wrap-around).
+    #[test]
+    fn hostile_values_are_refused_naming_their_field() {
+        let exec =
+            |extra: &str| format!(r#"{{"preStop": {{"exec": {{"command": ["a"]}}{extra}}}}}"#);
+        let init = |extra: &str| {
+            format!(r#"{{"initContainers": [{{"name": "a", "command": ["x"]{extra}}}]}}"#)
+        };
+        let http =
+            |extra: &str| format!(r#"{{"postStart": {{"httpGet": {{"port": 80{extra}}}}}}}"#);
+        let nul = r#""a\u0000b""#;
+        let mut cases: Vec<(String, &str)> = vec![
+            (
+                init(&format!(r#", "args": ["-c", {nul}]"#)),
+                "initContainers[0].command[2]: must not contain a NUL",
+            ),
+            (
+                init(&format!(r#", "env": [{{"name": "A", "value": {nul}}}]"#)),
+                "initContainers[0].env[0].value: must not contain a NUL",
+            ),
+            (
+                init(&format!(r#", "env": [{{"name": {nul}}}]"#)),
+                "initContainers[0].env[0].name:",
+            ),
+            (
+                init(r#", "workingDir": "/a\u0000""#),
+                "initContainers[0].workingDir:",
+            ),
+            (
+                init(r#", "once": {"path": "/d/\u0000x"}"#),
+                "initContainers[0].once.path:",
+            ),
+            (
+                format!(r#"{{"initContainers": [{{"name": {nul}, "command": ["x"]}}]}}"#),
+                "initContainers[0].name:",
+            ),
+            (
+                http(&format!(r#", "path": {nul}"#)),
+                "postStart.httpGet.path:",
+            ),
+            (
+                http(&format!(r#", "host": {nul}"#)),
+                "postStart.httpGet.host:",
+            ),
+            (
+                http(&format!(
+                    r#", "httpHeaders": [{{"name": "X", "value": {nul}}}]"#
+                )),
+                "postStart.httpGet.httpHeaders[0].value:",
+            ),
+            (
+                http(&format!(
+                    r#", "httpHeaders": [{{"name": {nul}, "value": "v"}}]"#
+                )),
+                "postStart.httpGet.httpHeaders[0].name:",
+            ),
+            (
+                format!(r#"{{"stopSignal": {nul}}}"#),
+                "stopSignal: unknown signal",
+            ),
+            (
+                format!(r#"{{"healthCheck": {{"exec": {{"command": [{nul}]}}}}}}"#),
+                "healthCheck.exec.command[0]: must not contain a NUL",
+            ),
+            (
+                format!(r#"{{"postStop": [[{{"exec": {{"command": ["a", {nul}]}}}}]]}}"#),
+                "postStop[0][0].exec.command[1]: must not contain a NUL",
+            ),
+        ];
+        // 1e300 and 2^64 only fit a float; 2^63 only an unsigned integer; -2^63 fits but is
+        // negative; -1 is the plain negative duration.
+        let numbers = [
+            "1e300",
+            "18446744073709551616",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-1",
+            "1.5",
+        ];
+        for n in numbers {
+            cases.extend([
+                (exec(&format!(r#", "timeoutSeconds": {n}"#)), "preStop.timeoutSeconds:"),
+                (exec(&format!(r#", "retries": {n}"#)), "preStop.retries:"),
+                (exec(&format!(r#", "backoffSeconds": {n}"#)), "preStop.backoffSeconds:"),
+                (format!(r#"{{"preStop": {{"sleep": {{"seconds": {n}}}}}}}"#), "preStop.sleep.seconds:"),
+                (format!(r#"{{"terminationGracePeriodSeconds": {n}}}"#), "terminationGracePeriodSeconds:"),
+                (format!(r#"{{"shutdownDelaySeconds": {n}}}"#), "shutdownDelaySeconds:"),
+                (init(&format!(r#", "timeoutSeconds": {n}"#)), "initContainers[0].timeoutSeconds:"),
+                (format!(r#"{{"healthCheck": {{"exec": {{"command": ["c"]}}, "periodSeconds": {n}}}}}"#), "healthCheck.periodSeconds:"),
+                (format!(r#"{{"healthCheck": {{"exec": {{"command": ["c"]}}, "onCritical": "kill", "criticalThreshold": {n}}}}}"#), "healthCheck.criticalThreshold:"),
+                (format!(r#"{{"postStart": {{"httpGet": {{"port": {n}}}}}}}"#), "postStart.httpGet.port: must be 1..65535"),
+            ]);
+        }
+        for (json, expected) in &cases {
             let errs = errors(json);
             assert!(
                 errs.iter().any(|e| e.starts_with(expected)),

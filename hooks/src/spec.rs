@@ -8,9 +8,6 @@ use serde::Deserialize;
 
 use crate::plan::{FieldError, InvalidSpec};
 
-/// The largest spec accepted, in bytes; an annotation is no place for more.
-pub const MAX_SPEC_BYTES: usize = 64 * 1024;
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Spec {
@@ -164,16 +161,6 @@ pub struct EnvVar {
 impl Spec {
     /// Parses a spec, naming the field path of the first JSON or type error.
     pub fn parse(json: &str) -> Result<Spec, InvalidSpec> {
-        if json.len() > MAX_SPEC_BYTES {
-            return Err(FieldError::new(
-                "",
-                format!(
-                    "is {} bytes; at most {MAX_SPEC_BYTES} are accepted",
-                    json.len()
-                ),
-            )
-            .into());
-        }
         // serde would also accept a struct written as an array, which no user means.
         if !json.trim_start().starts_with('{') {
             return Err(FieldError::new("", "the spec must be a JSON object").into());
@@ -281,11 +268,5 @@ mod tests {
         );
         let msg = error(r#"{"preStop": "drain"}"#);
         assert!(msg.starts_with("preStop: invalid type: string \"drain\", expected a handler object or a list of stages"), "{msg}");
-    }
-
-    #[test]
-    fn oversized_specs_are_refused() {
-        let big = format!(r#"{{"stopSignal": "{}"}}"#, "x".repeat(MAX_SPEC_BYTES));
-        assert!(error(&big).contains("at most 65536"));
     }
 }

@@ -5,12 +5,16 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use lifecycle_hooks::plan::parse_signal;
 use lifecycle_hooks::{Defaults, InvalidSpec, Plan};
 
 pub const SPEC_ANNOTATION: &str = "lifecycle-shim/spec";
+/// The largest spec accepted, in bytes, from an annotation or a file: an annotation is no place
+/// for more, and a `--spec` file is never read further than this.
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 /// containerd's CRI plugin names the container of a pod here.
 pub const CONTAINER_NAME_ANNOTATION: &str = "io.kubernetes.cri.container-name";
 /// containerd's CRI plugin marks the pause container `sandbox` here.
@@ -34,6 +38,12 @@ pub enum BundleError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{origin} is larger than the {MAX_SPEC_BYTES}-byte (64 KiB) limit for a lifecycle spec"
+    )]
+    SpecTooLarge { origin: SpecOrigin },
+    #[error("spec file {path:?} is not UTF-8 text (invalid byte at offset {offset})")]
+    SpecNotUtf8 { path: PathBuf, offset: usize },
     #[error("{origin}: invalid lifecycle spec:\n{errors}")]
     Spec {
         origin: SpecOrigin,
@@ -177,10 +187,7 @@ impl Bundle {
         spec_file: Option<&Path>,
     ) -> Result<(SpecOrigin, Option<String>), BundleError> {
         if let Some(path) = spec_file {
-            let json = std::fs::read_to_string(path).map_err(|source| BundleError::SpecFile {
-                path: path.to_owned(),
-                source,
-            })?;
+            let json = read_spec_file(path)?;
             return Ok((SpecOrigin::File(path.to_owned()), Some(json)));
         }
         if self
@@ -201,11 +208,39 @@ impl Bundle {
             .chain([SPEC_ANNOTATION])
         {
             if let Some(json) = self.annotations.get(key) {
-                return Ok((SpecOrigin::Annotation(key.to_owned()), Some(json.clone())));
+                let origin = SpecOrigin::Annotation(key.to_owned());
+                if json.len() > MAX_SPEC_BYTES {
+                    return Err(BundleError::SpecTooLarge { origin });
+                }
+                return Ok((origin, Some(json.clone())));
             }
         }
         Ok((SpecOrigin::None, None))
     }
+}
+
+/// Reads at most one byte past [`MAX_SPEC_BYTES`], so a huge file (or `/dev/zero`) is refused
+/// without being read; JSON is UTF-8, so other bytes are refused with where they start.
+fn read_spec_file(path: &Path) -> Result<String, BundleError> {
+    let io_error = |source| BundleError::SpecFile {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io_error)?
+        .take(MAX_SPEC_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    if bytes.len() > MAX_SPEC_BYTES {
+        return Err(BundleError::SpecTooLarge {
+            origin: SpecOrigin::File(path.to_owned()),
+        });
+    }
+    String::from_utf8(bytes).map_err(|error| BundleError::SpecNotUtf8 {
+        path: path.to_owned(),
+        offset: error.utf8_error().valid_up_to(),
+    })
 }
 
 #[cfg(test)]
@@ -291,6 +326,46 @@ mod tests {
         assert_eq!(
             message,
             "annotation lifecycle-shim/spec: invalid lifecycle spec:\npreStop.httpGet.port: must be 1..65535"
+        );
+    }
+
+    #[test]
+    fn a_spec_over_64_kib_is_refused_naming_the_annotation_and_the_limit() {
+        // The biggest spec that is still accepted is exactly the limit.
+        let spec_of = |len: usize| format!("{{{}}}", " ".repeat(len - 2));
+        let (at_limit, over_limit) = (spec_of(MAX_SPEC_BYTES), spec_of(MAX_SPEC_BYTES + 1));
+        let key = format!("{SPEC_ANNOTATION}.app");
+        let with = |spec: &str| bundle(&[(CONTAINER_NAME_ANNOTATION, "app"), (&key, spec)]);
+        assert!(with(&at_limit).plan(None).is_ok());
+        let over = with(&over_limit);
+        let error = over.plan(None).unwrap_err();
+        assert!(matches!(error, BundleError::SpecTooLarge { .. }), "{error}");
+        assert_eq!(
+            error.to_string(),
+            "annotation lifecycle-shim/spec.app is larger than the 65536-byte (64 KiB) limit for a lifecycle spec"
+        );
+    }
+
+    #[test]
+    fn a_spec_file_is_read_only_up_to_the_limit() {
+        let b = bundle(&[]);
+        // An endless file: refused after 64 KiB + 1 bytes instead of being read to the end.
+        let error = b.plan(Some(Path::new("/dev/zero"))).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "spec file \"/dev/zero\" is larger than the 65536-byte (64 KiB) limit for a lifecycle spec"
+        );
+    }
+
+    #[test]
+    fn a_spec_file_that_is_not_utf8_is_refused_with_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.json");
+        std::fs::write(&path, b"{\"stopSignal\": \"TERM\xff\"}").unwrap();
+        let error = bundle(&[]).plan(Some(&path)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("spec file {path:?} is not UTF-8 text (invalid byte at offset 20)")
         );
     }
 }

@@ -828,35 +828,12 @@ fn bad_input_is_refused_with_the_field_named_and_nothing_created() {
     for (spec, expected) in specs {
         let mut bundle = TestBundle::new("echo main >> /markers/order");
         bundle.annotate("lifecycle-shim/spec", spec);
-        for command in ["run", "check"] {
-            let out = std::process::Command::new(SHIM)
-                .arg(command)
-                .args(if command == "run" {
-                    vec![
-                        "--root".into(),
-                        bundle.runc_root(),
-                        "--id".into(),
-                        bundle.id.clone().into(),
-                    ]
-                } else {
-                    vec![]
-                })
-                .arg(bundle.path())
-                .output()
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(2), "{command} {spec}: {stderr}");
-            assert!(
-                stderr.contains("annotation lifecycle-shim/spec: invalid lifecycle spec"),
-                "{stderr}"
-            );
-            assert!(
-                stderr.contains(expected),
-                "{command} {spec}: expected {expected:?} in {stderr}"
-            );
-        }
-        assert!(bundle.lines("order").is_empty());
-        bundle.assert_clean();
+        assert_refused(
+            &bundle,
+            &[],
+            "annotation lifecycle-shim/spec: invalid lifecycle spec",
+        );
+        assert_refused(&bundle, &[], expected);
     }
 
     // A bundle that is not there, and a config.json that is not JSON.
@@ -881,6 +858,84 @@ fn bad_input_is_refused_with_the_field_named_and_nothing_created() {
         );
     }
     bundle.assert_clean();
+}
+
+/// Both `run` and `check` refuse the bundle with exit status 2 and `expected` in their error;
+/// the entrypoint never ran and nothing is left.
+fn assert_refused(bundle: &TestBundle, extra: &[&std::ffi::OsStr], expected: &str) {
+    for command in ["run", "check"] {
+        let mut shim = std::process::Command::new(SHIM);
+        shim.arg(command);
+        if command == "run" {
+            shim.arg("--root").arg(bundle.runc_root());
+            shim.args(["--id", &bundle.id]);
+        }
+        let out = shim.args(extra).arg(bundle.path()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{command}: expected {expected:?} in {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(bundle.lines("order").is_empty());
+    bundle.assert_clean();
+}
+
+/// Issue 7: an oversized annotation or `--spec` file, a NUL in a command, numbers no field can
+/// hold and a file that is not UTF-8 are refused by name before anything is created.
+#[test]
+fn hostile_input_is_refused_with_exit_2_and_nothing_created() {
+    if !prerequisites() {
+        return;
+    }
+    let mut bundle = TestBundle::new("echo main >> /markers/order");
+    let oversized = format!(r#"{{"stopSignal": "TERM"{}}}"#, " ".repeat(64 * 1024));
+    bundle.annotate("lifecycle-shim/spec", &oversized);
+    assert_refused(
+        &bundle,
+        &[],
+        "annotation lifecycle-shim/spec is larger than the 65536-byte (64 KiB) limit",
+    );
+
+    let cases = [
+        (
+            r#"{"postStart": {"exec": {"command": ["sh", "-c", "echo hi\u0000; touch /markers/ran"]}}}"#,
+            "postStart.exec.command[2]: must not contain a NUL byte",
+        ),
+        (
+            r#"{"preStop": {"exec": {"command": ["x"]}, "timeoutSeconds": 1e300}}"#,
+            "preStop.timeoutSeconds: invalid type: floating point `1e+300`",
+        ),
+        (
+            r#"{"terminationGracePeriodSeconds": 18446744073709551616}"#,
+            "terminationGracePeriodSeconds: invalid type: floating point",
+        ),
+        (
+            r#"{"preStop": {"sleep": {"seconds": -5}}}"#,
+            "preStop.sleep.seconds: must be 0..31536000 seconds",
+        ),
+    ];
+    for (spec, expected) in cases {
+        bundle.annotate("lifecycle-shim/spec", spec);
+        assert_refused(&bundle, &[], expected);
+    }
+
+    // `--spec FILE`: not UTF-8; endless (read only to the limit).
+    let file = bundle.dir.path().join("spec.json");
+    std::fs::write(&file, b"{\"stopSignal\": \"\xff\"}").unwrap();
+    let flag = std::ffi::OsStr::new("--spec");
+    assert_refused(
+        &bundle,
+        &[flag, file.as_os_str()],
+        "is not UTF-8 text (invalid byte at offset 16)",
+    );
+    assert_refused(
+        &bundle,
+        &[flag, std::ffi::OsStr::new("/dev/zero")],
+        "spec file \"/dev/zero\" is larger than the 65536-byte (64 KiB) limit",
+    );
 }
 
 #[test]

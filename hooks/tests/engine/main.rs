@@ -1,5 +1,7 @@
 //! The engine against an in-memory container: ordering, deadlines and the stop sequence under a
-//! paused clock, and the httpGet handler against a local server.
+//! paused clock; and (in `http`) the httpGet handler against local servers.
+
+mod http;
 
 use std::cell::RefCell;
 use std::io;
@@ -11,8 +13,7 @@ use lifecycle_hooks::{
     run_hook, run_init_containers, run_phase, terminate, Defaults, HookFailure, Plan,
 };
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until, Instant};
 
 /// Commands the fake understands: `ok`, `fail` (exit 3, prints "boom"), `hang` (runs until its
@@ -443,159 +444,7 @@ async fn health_checks_stop_after_the_threshold_of_criticals_in_a_row() {
     assert_eq!(fake.start.elapsed().as_secs(), 3);
 }
 
-/// Serves each connection with the next canned response, recording request heads.
-async fn server(
-    responses: Vec<&'static str>,
-) -> (SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let mut heads = Vec::new();
-        for response in responses {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0; 4096];
-            let n = conn.read(&mut buf).await.unwrap();
-            heads.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            conn.write_all(response.as_bytes()).await.unwrap();
-        }
-        heads
-    });
-    (addr, task)
-}
-
 async fn post_start(json: &str, fake: &Fake) -> lifecycle_hooks::HookReport {
     let p = plan(json);
     run_hook(fake, Phase::PostStart, &p.post_start[0][0], None).await
-}
-
-#[tokio::test]
-async fn http_get_follows_a_same_origin_redirect_and_sends_headers() {
-    let (addr, server) = server(vec![
-        "HTTP/1.1 302 Found\r\nLocation: /final\r\nContent-Length: 0\r\n\r\n",
-        "HTTP/1.1 204 No Content\r\n\r\n",
-    ])
-    .await;
-    let fake = Fake {
-        server: Some(addr),
-        ..Fake::new()
-    };
-    let report = post_start(
-        r#"{"postStart": {"httpGet": {"port": 8080, "path": "/start",
-            "httpHeaders": [{"name": "X-Reason", "value": "boot"}]}}}"#,
-        &fake,
-    )
-    .await;
-    assert!(report.result.is_ok(), "{report}");
-    assert_eq!(report.http_status, Some(204));
-    let heads = server.await.unwrap();
-    assert!(
-        heads[0].starts_with("GET /start HTTP/1.1\r\n"),
-        "{}",
-        heads[0]
-    );
-    assert!(
-        heads[0].to_ascii_lowercase().contains("x-reason: boot"),
-        "{}",
-        heads[0]
-    );
-    assert!(
-        heads[0]
-            .to_ascii_lowercase()
-            .contains("host: 127.0.0.1:8080"),
-        "{}",
-        heads[0]
-    );
-    assert!(
-        heads[1].starts_with("GET /final HTTP/1.1\r\n"),
-        "{}",
-        heads[1]
-    );
-}
-
-#[tokio::test]
-async fn http_500_fails_with_the_status_and_body() {
-    let (addr, _server) = server(vec![
-        "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nbad!",
-    ])
-    .await;
-    let fake = Fake {
-        server: Some(addr),
-        ..Fake::new()
-    };
-    let report = post_start(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
-    assert!(
-        matches!(report.result, Err(HookFailure::HttpStatus(500))),
-        "{report}"
-    );
-    assert_eq!(report.output, "bad!");
-}
-
-#[tokio::test]
-async fn redirect_loops_fail_after_ten() {
-    let loop_response = "HTTP/1.1 301 Moved\r\nLocation: /again\r\nContent-Length: 0\r\n\r\n";
-    let (addr, server) = server(vec![loop_response; 11]).await;
-    let fake = Fake {
-        server: Some(addr),
-        ..Fake::new()
-    };
-    let report = post_start(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
-    let error = report.result.unwrap_err().to_string();
-    assert_eq!(error, "more than 10 redirects");
-    assert_eq!(server.await.unwrap().len(), 11);
-}
-
-#[tokio::test]
-async fn large_bodies_are_read_only_to_the_bound() {
-    let body = "x".repeat(64 * 1024);
-    let response: &'static str = Box::leak(
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_boxed_str(),
-    );
-    let (addr, _server) = server(vec![response]).await;
-    let fake = Fake {
-        server: Some(addr),
-        ..Fake::new()
-    };
-    let report = post_start(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
-    assert!(report.result.is_ok(), "{report}");
-    assert_eq!(report.output.len(), lifecycle_hooks::http::MAX_BODY);
-}
-
-#[tokio::test]
-async fn a_server_that_never_answers_times_out() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let fake = Fake {
-        server: Some(listener.local_addr().unwrap()),
-        ..Fake::new()
-    };
-    let report = post_start(
-        r#"{"postStart": {"httpGet": {"port": 1}, "timeoutSeconds": 1}}"#,
-        &fake,
-    )
-    .await;
-    assert!(
-        matches!(report.result, Err(HookFailure::TimedOut(_))),
-        "{report}"
-    );
-    drop(listener);
-}
-
-#[tokio::test]
-async fn a_refused_connection_fails() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    let fake = Fake {
-        server: Some(addr),
-        ..Fake::new()
-    };
-    let report = post_start(r#"{"postStart": {"httpGet": {"port": 1}}}"#, &fake).await;
-    let error = report.result.unwrap_err().to_string();
-    assert!(
-        error.starts_with("connecting to 127.0.0.1:1 inside the container"),
-        "{error}"
-    );
 }
