@@ -10,6 +10,8 @@ use nix::sys::signal::Signal;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::plan::InitContainer;
+
 /// Which part of the lifecycle a process belongs to; also its `LIFECYCLE_PHASE` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -79,6 +81,23 @@ pub struct ExecRequest<'a> {
     pub working_dir: Option<&'a str>,
     /// When to kill it; `None` lets it run until it exits (or the future is dropped).
     pub deadline: Option<Instant>,
+}
+
+impl<'a> ExecRequest<'a> {
+    /// An init container's process (or a sidecar's), shown under `label`.
+    pub fn init(
+        init: &'a InitContainer,
+        label: &'a str,
+        deadline: Option<Instant>,
+    ) -> ExecRequest<'a> {
+        ExecRequest {
+            label,
+            argv: &init.argv,
+            env: &init.env,
+            working_dir: init.working_dir.as_deref(),
+            deadline,
+        }
+    }
 }
 
 /// What an exec left behind. `output` is the bounded tail of its stdout and stderr.

@@ -23,6 +23,10 @@ impl fmt::Display for Plan {
                 write!(f, " {name}={value:?}")?;
             }
             match init.timeout {
+                _ if init.sidecar => write!(
+                    f,
+                    ", sidecar: kept running beside the entrypoint, restarted when it exits"
+                )?,
                 Some(t) => write!(f, ", timeout {}", Seconds(t))?,
                 None => write!(f, ", no timeout")?,
             }
@@ -149,7 +153,8 @@ preStop: none
                             "httpHeaders": [{"name": "X-Why", "value": "stop"}]}},
                 "terminationGracePeriodSeconds": 10, "stopSignal": "SIGQUIT",
                 "initContainers": [{"name": "migrate", "command": ["/migrate"], "workingDir": "/app",
-                                    "env": [{"name": "DB", "value": "x"}], "timeoutSeconds": 60}]}"#,
+                                    "env": [{"name": "DB", "value": "x"}], "timeoutSeconds": 60},
+                                   {"name": "proxy", "command": ["/proxy"], "restartPolicy": "Always"}]}"#,
             &Defaults::default(),
         )
         .unwrap();
@@ -158,6 +163,7 @@ preStop: none
 termination grace period: 10.0s
 init containers (in order):
   1. migrate: [\"/migrate\"] in /app DB=\"x\", timeout 60.0s
+  2. proxy: [\"/proxy\"], sidecar: kept running beside the entrypoint, restarted when it exits
 postStart: exec [\"touch\", \"/ready\"], timeout 5.0s
 preStop: httpGet https (certificate not verified) 127.0.0.1:8443/drain from inside the container, X-Why: stop, bounded by the grace period
 ";

@@ -254,13 +254,7 @@ pub async fn run_init_containers<C: Container>(
     for init in inits {
         let start = Instant::now();
         let label = format!("init:{}", init.name);
-        let request = ExecRequest {
-            label: &label,
-            argv: &init.argv,
-            env: &init.env,
-            working_dir: init.working_dir.as_deref(),
-            deadline: init.timeout.map(|t| start + t),
-        };
+        let request = ExecRequest::init(init, &label, init.timeout.map(|t| start + t));
         let report = finish(
             c,
             exec(c, Phase::Init, Some(&init.name), request).await,

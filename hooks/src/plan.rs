@@ -95,6 +95,9 @@ pub struct InitContainer {
     pub working_dir: Option<String>,
     pub timeout: Option<Duration>,
     pub once: Option<Once>,
+    /// A sidecar (`restartPolicy: Always`): started rather than run to completion, kept running
+    /// beside the entrypoint and restarted when it exits.
+    pub sidecar: bool,
 }
 
 /// Run an init container once per `key`: `path` (absolute, inside a bind-mounted volume) is
@@ -588,6 +591,32 @@ impl Validator {
                     );
                 }
             }
+            let sidecar = match init.restart_policy.as_deref() {
+                None => false,
+                Some("Always") => true,
+                Some(other) => {
+                    self.fail::<()>(
+                        &format!("{path}.restartPolicy"),
+                        format!("{other:?}: only \"Always\" (a sidecar) is allowed"),
+                    );
+                    false
+                }
+            };
+            if sidecar {
+                // A sidecar runs until the container stops, and restarts whenever it exits.
+                if init.timeout_seconds.is_some() {
+                    self.fail::<()>(
+                        &format!("{path}.timeoutSeconds"),
+                        "a sidecar runs until the container stops; it has no timeout",
+                    );
+                }
+                if init.once.is_some() {
+                    self.fail::<()>(
+                        &format!("{path}.once"),
+                        "a sidecar is restarted whenever it exits; it cannot run once",
+                    );
+                }
+            }
             if self.errors.len() > errors_before {
                 continue;
             }
@@ -602,6 +631,7 @@ impl Validator {
                         path: o.path,
                         key: o.key,
                     }),
+                    sidecar,
                 });
             }
         }
@@ -683,6 +713,28 @@ mod tests {
         assert_eq!(init.argv, ["sh", "-c", "true"]);
         assert_eq!(init.env, [("X".to_owned(), "1".to_owned())]);
         assert_eq!(init.timeout, Some(Duration::from_secs(3)));
+        assert!(!init.sidecar);
+    }
+
+    #[test]
+    fn restart_policy_always_makes_a_sidecar_without_timeout_or_once() {
+        let p = plan(
+            r#"{"initContainers": [{"name": "proxy", "command": ["/proxy"], "restartPolicy": "Always"}]}"#,
+        );
+        assert!(p.init_containers[0].sidecar);
+        assert_eq!(p.init_containers[0].timeout, None);
+        assert_eq!(
+            errors(
+                r#"{"initContainers": [{"name": "a", "command": ["x"], "restartPolicy": "OnFailure"},
+                    {"name": "b", "command": ["x"], "restartPolicy": "Always", "timeoutSeconds": 5,
+                     "once": {"path": "/v/done"}}]}"#
+            ),
+            [
+                "initContainers[0].restartPolicy: \"OnFailure\": only \"Always\" (a sidecar) is allowed",
+                "initContainers[1].timeoutSeconds: a sidecar runs until the container stops; it has no timeout",
+                "initContainers[1].once: a sidecar is restarted whenever it exits; it cannot run once",
+            ]
+        );
     }
 
     #[test]

@@ -123,6 +123,8 @@ pub struct InitContainer {
     pub working_dir: Option<String>,
     pub timeout_seconds: Option<i64>,
     pub once: Option<OnceSpec>,
+    /// `"Always"` makes it a sidecar (Kubernetes' restartable init container).
+    pub restart_policy: Option<String>,
 }
 
 /// A periodic check (Habitat's health-check hook, with Kubernetes probe-style fields).

@@ -181,19 +181,44 @@ struct KillOnDrop {
 impl KillOnDrop {
     fn kill(&mut self) {
         // runc makes the exec'd process a session leader, so its group holds the hook and the
-        // children it did not move elsewhere.
+        // children it did not move elsewhere; those that did (setsid) are found as its
+        // descendants, before anything is killed and they are reparented.
         if let Some(hook) = std::fs::read_to_string(&self.pid_file)
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
             .filter(|&pid| pid > 1)
         {
+            let escaped = descendants(hook);
             let _ = kill(Pid::from_raw(-hook), Signal::SIGKILL);
+            for pid in escaped {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
         }
         // Before runc wrote the pid file, the process is still in runc's own group.
         if let Some(runc) = self.runc.filter(|&pid| pid > 1) {
             let _ = kill(Pid::from_raw(-runc), Signal::SIGKILL);
         }
     }
+}
+
+/// The processes below `pid`, from `/proc/PID/task/TID/children`.
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(parent) = todo.pop() {
+        let tasks = std::fs::read_dir(format!("/proc/{parent}/task"));
+        for task in tasks.into_iter().flatten().flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                if child > 1 && !found.contains(&child) {
+                    found.push(child);
+                    todo.push(child);
+                }
+            }
+        }
+    }
+    found
 }
 
 impl Drop for KillOnDrop {
@@ -208,6 +233,25 @@ impl Drop for KillOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descendants_are_found_through_proc() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 1000 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        while descendants(pid).is_empty() {
+            std::thread::yield_now();
+        }
+        let below = descendants(pid);
+        assert_eq!(below.len(), 1, "{below:?}");
+        let _ = kill(Pid::from_raw(below[0]), Signal::SIGKILL);
+        child.wait().unwrap();
+        assert!(descendants(std::process::id() as i32)
+            .iter()
+            .all(|&p| p != pid));
+    }
 
     #[test]
     fn exiting_is_read_from_proc() {

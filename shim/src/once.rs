@@ -4,120 +4,134 @@
 //! that share the volume take turns, so exactly one runs the step and the others then skip it.
 //! The sentinel is replaced atomically (write, then rename) and records failures too, so a
 //! failed step runs again next time.
+//!
+//! The shim works in the volume as root on the host, while the container may have put
+//! symlinks there: below the bind mount's source, the path is walked one directory at a time
+//! and nothing is followed, so the shim never touches a file outside the volume.
 
-use std::fs::{File, OpenOptions};
-use std::io;
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
 
-use lifecycle_hooks::plan::{InitContainer, Once};
-use lifecycle_hooks::{
-    run_init_containers, Container, HookFailure, HookReport, InitFailure, Phase,
-};
-use nix::fcntl::{Flock, FlockArg};
+use lifecycle_hooks::plan::Once;
+use nix::fcntl::{openat, renameat, Flock, FlockArg, OFlag};
+use nix::sys::stat::Mode;
 
 /// A bind mount of the bundle: where it appears in the container, and its host source.
 pub type Bind = (PathBuf, PathBuf);
 
-/// The host path of `path` (inside the container), through the bind mount that holds it.
-pub fn host_path(binds: &[Bind], path: &str) -> Option<PathBuf> {
+/// Where `path` (inside the container) is on the host: the source of the bind mount that
+/// holds it, and the path below that source.
+pub fn host_path(binds: &[Bind], path: &str) -> Option<(PathBuf, PathBuf)> {
     let path = Path::new(path);
     binds
         .iter()
         .filter_map(|(inside, host)| {
             let rest = path.strip_prefix(inside).ok()?;
             // The mount point itself is the volume, not a file in it.
-            (!rest.as_os_str().is_empty()).then(|| (inside, host.join(rest)))
+            (!rest.as_os_str().is_empty()).then(|| (inside, (host.clone(), rest.to_owned())))
         })
         .max_by_key(|(inside, _)| inside.components().count())
-        .map(|(_, host)| host)
+        .map(|(_, found)| found)
 }
 
-/// The init containers in order, each `once` one skipped when its sentinel says it already
-/// succeeded for its key.
-pub async fn run_inits<C: Container>(
-    c: &C,
-    inits: &[InitContainer],
-    binds: &[Bind],
-) -> Result<(), InitFailure> {
-    for init in inits {
-        let ticket = match &init.once {
-            None => None,
-            Some(once) => match begin(binds, once).await {
-                Ok(None) => {
-                    tracing::info!(name = %init.name, key = %once.key, "init container already succeeded for this key; skipped");
-                    continue;
-                }
-                Ok(Some(ticket)) => Some(ticket),
-                Err(error) => return Err(failure(init, error)),
-            },
-        };
-        let result = run_init_containers(c, std::slice::from_ref(init)).await;
-        if let Some(ticket) = ticket {
-            if let Err(error) = ticket.finish(result.is_ok()) {
-                tracing::warn!(name = %init.name, %error, "could not record the once step's outcome");
+/// The directory holding the sentinel, opened without following any symlink below the
+/// volume's source, and the sentinel's name in it.
+fn sentinel_dir(source: &Path, rest: &Path) -> io::Result<(OwnedFd, String)> {
+    let refuse = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: {why}", rest.display()),
+        )
+    };
+    let mut names: Vec<&str> = Vec::new();
+    for component in rest.components() {
+        match component {
+            Component::Normal(name) => {
+                names.push(name.to_str().ok_or_else(|| refuse("not UTF-8"))?)
             }
+            Component::CurDir => {}
+            _ => return Err(refuse("must not leave the volume")),
         }
-        result?;
     }
-    Ok(())
+    let name = names.pop().ok_or_else(|| refuse("names no file"))?;
+    let directory = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
+    let mut dir: OwnedFd = File::open(source)?.into();
+    for step in names {
+        dir = openat(&dir, step, directory, Mode::empty())
+            .map_err(|errno| refuse(&format!("{step}: {errno} (symlinks are not followed)")))?;
+    }
+    Ok((dir, name.to_owned()))
+}
+
+/// Opens `name` in `dir` without following a symlink.
+fn open_in(dir: &OwnedFd, name: &str, flags: OFlag) -> io::Result<File> {
+    let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = openat(dir, name, flags, Mode::from_bits_truncate(0o644)).map_err(|errno| {
+        io::Error::new(
+            io::Error::from(errno).kind(),
+            format!("{name}: {errno} (symlinks are not followed)"),
+        )
+    })?;
+    Ok(File::from(fd))
 }
 
 /// The turn to run a once step, holding the volume's lock until `finish`.
-struct Ticket {
+pub struct Ticket {
     _lock: Flock<File>,
-    sentinel: PathBuf,
+    dir: OwnedFd,
+    sentinel: String,
     key: String,
 }
 
 impl Ticket {
-    fn finish(self, succeeded: bool) -> io::Result<()> {
+    /// Records the outcome: written beside the sentinel, then renamed over it.
+    pub fn finish(self, succeeded: bool) -> io::Result<()> {
         let status = if succeeded { "succeeded" } else { "failed" };
         let record = serde_json::json!({"key": self.key, "status": status});
-        crate::output::write_atomically(&self.sentinel, record.to_string().as_bytes())
+        let tmp = format!("{}.lifecycle-tmp", self.sentinel);
+        let write = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC;
+        open_in(&self.dir, &tmp, write)?.write_all(record.to_string().as_bytes())?;
+        renameat(&self.dir, tmp.as_str(), &self.dir, self.sentinel.as_str())?;
+        Ok(())
     }
 }
 
 /// Waits for the volume's lock; `None` when the step already succeeded for this key.
-async fn begin(binds: &[Bind], once: &Once) -> io::Result<Option<Ticket>> {
-    let sentinel = host_path(binds, &once.path)
+pub async fn begin(binds: &[Bind], once: &Once) -> io::Result<Option<Ticket>> {
+    let (source, rest) = host_path(binds, &once.path)
         .ok_or_else(|| io::Error::other(format!("{} is in no bind-mounted volume", once.path)))?;
     let key = once.key.clone();
     // flock blocks, and the shim's runtime has one thread: wait on the blocking pool.
     tokio::task::spawn_blocking(move || {
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(sentinel.with_extension("lifecycle-lock"))?;
+        let (dir, sentinel) = sentinel_dir(&source, &rest)?;
+        let lock = open_in(
+            &dir,
+            &format!("{sentinel}.lifecycle-lock"),
+            OFlag::O_WRONLY | OFlag::O_CREAT,
+        )?;
         let lock = Flock::lock(lock, FlockArg::LockExclusive)
             .map_err(|(_, errno)| io::Error::from(errno))?;
-        let done = std::fs::read(&sentinel)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .is_some_and(|record| record["status"] == "succeeded" && record["key"] == key.as_str());
+        let mut bytes = Vec::new();
+        match open_in(&dir, &sentinel, OFlag::O_RDONLY) {
+            Ok(mut file) => {
+                file.read_to_end(&mut bytes)?;
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+        let done = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .is_ok_and(|record| record["status"] == "succeeded" && record["key"] == key.as_str());
         Ok((!done).then_some(Ticket {
             _lock: lock,
+            dir,
             sentinel,
             key,
         }))
     })
     .await
     .map_err(io::Error::other)?
-}
-
-fn failure(init: &InitContainer, error: io::Error) -> InitFailure {
-    InitFailure {
-        report: HookReport {
-            phase: Phase::Init,
-            name: Some(init.name.clone()),
-            handler: "once",
-            elapsed: std::time::Duration::ZERO,
-            exit_code: None,
-            http_status: None,
-            output: String::new(),
-            result: Err(HookFailure::Runtime(Box::new(error))),
-        },
-    }
 }
 
 #[cfg(test)]
@@ -132,11 +146,11 @@ mod tests {
         ];
         assert_eq!(
             host_path(&binds, "/data/.installed"),
-            Some(PathBuf::from("/srv/volume/.installed"))
+            Some((PathBuf::from("/srv/volume"), PathBuf::from(".installed")))
         );
         assert_eq!(
             host_path(&binds, "/data/cache/x"),
-            Some(PathBuf::from("/srv/cache/x"))
+            Some((PathBuf::from("/srv/cache"), PathBuf::from("x")))
         );
         assert_eq!(host_path(&binds, "/datadir/x"), None);
         assert_eq!(
@@ -144,5 +158,35 @@ mod tests {
             None,
             "the mount point is not a file in it"
         );
+    }
+
+    #[test]
+    fn symlinks_below_the_volume_are_not_followed() {
+        let volume = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), volume.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("f"), volume.path().join("file")).unwrap();
+        std::fs::create_dir(volume.path().join("sub")).unwrap();
+        let error = sentinel_dir(volume.path(), Path::new("link/.installed")).unwrap_err();
+        assert!(
+            error.to_string().contains("symlinks are not followed"),
+            "{error}"
+        );
+        let error = sentinel_dir(volume.path(), Path::new("sub/../../x")).unwrap_err();
+        assert!(
+            error.to_string().contains("must not leave the volume"),
+            "{error}"
+        );
+        let (dir, name) = sentinel_dir(volume.path(), Path::new("file")).unwrap();
+        let error = open_in(&dir, &name, OFlag::O_RDONLY).unwrap_err();
+        assert!(
+            error.to_string().contains("symlinks are not followed"),
+            "{error}"
+        );
+        let (dir, name) = sentinel_dir(volume.path(), Path::new("sub/.installed")).unwrap();
+        assert_eq!(name, ".installed");
+        open_in(&dir, &name, OFlag::O_WRONLY | OFlag::O_CREAT).unwrap();
+        assert!(volume.path().join("sub/.installed").exists());
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 }

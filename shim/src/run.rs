@@ -10,15 +10,17 @@ use lifecycle_hooks::health::{splay, watch_health};
 use lifecycle_hooks::{run_phase, terminate, Container, ExitStatus, HookReport, Phase, Plan};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, Signal as SignalStream, SignalKind};
+use tokio::time::Instant;
 
 use crate::bundle::{Bundle, BundleError};
 use crate::container::{RuncContainer, SignalRoute};
-use crate::once::run_inits;
+use crate::inits::run_inits;
 use crate::output::Sink;
 use crate::pidfile::{read_pid, PidFileWatch, Started};
 use crate::poststop::run_post_stop;
 use crate::reaper::{Exit, Reaper};
-use crate::runc::{ProcessIo, Runc, RuncError};
+use crate::runc::{ProcessIo, Runc, RuncError, Until};
+use crate::sidecar::{stop_deadline, SidecarHost, Sidecars};
 use crate::status::{status_path, StatusFile};
 
 /// Exit status for a failure of the shim or the runtime rather than the container (as Docker's
@@ -187,6 +189,7 @@ impl Launch {
         if let Err(error) = self
             .runc
             .create(
+                Until::Created,
                 &self.id,
                 &self.bundle,
                 &pid_file,
@@ -215,25 +218,43 @@ impl Launch {
                 &self.state,
                 Sink::Stderr,
             );
-            tokio::select! {
-                biased;
-                signal = stops.recv() => {
-                    tracing::info!(%signal, "stop requested before the entrypoint started");
-                    return Ok(Ran::not_started(128 + signal as i32));
-                }
-                status = &mut exit => return Err(RunError::DiedBeforeStart(status)),
-                result = run_inits(&container, &plan.init_containers, &self.binds) => {
-                    if let Err(failure) = result {
-                        eprintln!("lifecycle-shim: {failure}");
-                        eprintln!("lifecycle-shim: the entrypoint was not started");
-                        return Ok(Ran::not_started(failure.exit_code()));
+            let sidecars = Sidecars::new(
+                SidecarHost {
+                    runc: self.runc.clone(),
+                    base_id: self.id.clone(),
+                    bundle: self.bundle.clone(),
+                    state: self.state.clone(),
+                    pid,
+                    stop_signal: plan.stop_signal,
+                },
+                Sink::Stderr,
+            );
+            let result = async {
+                tokio::select! {
+                    biased;
+                    signal = stops.recv() => {
+                        tracing::info!(%signal, "stop requested before the entrypoint started");
+                        return Ok((Ran::not_started(128 + signal as i32), Instant::now()));
+                    }
+                    status = &mut exit => return Err(RunError::DiedBeforeStart(status)),
+                    result = run_inits(&container, &plan.init_containers, &self.binds, &sidecars) => {
+                        if let Err(failure) = result {
+                            eprintln!("lifecycle-shim: {failure}");
+                            eprintln!("lifecycle-shim: the entrypoint was not started");
+                            return Ok((Ran::not_started(failure.exit_code()), Instant::now()));
+                        }
                     }
                 }
+                container.start().await?;
+                let outcome = supervise(&container, plan, exit, stops).await;
+                let stop_began = outcome.stop_began.unwrap_or_else(Instant::now);
+                Ok((Ran::started(outcome.code()), stop_began))
             }
-            container.start().await?;
-            Ok(Ran::started(
-                supervise(&container, plan, exit, stops).await.code(),
-            ))
+            .await;
+            // The entrypoint is gone (or never ran): then the sidecars, within the grace period.
+            let stop_began = result.as_ref().map_or_else(|_| Instant::now(), |(_, t)| *t);
+            sidecars.stop(stop_deadline(stop_began, plan.grace)).await;
+            result.map(|(ran, _)| ran)
         }
         .await;
         self.delete().await;
@@ -247,10 +268,11 @@ impl Launch {
     }
 }
 
-/// How the entrypoint ended, and whether a failed PostStart ended it.
+/// How the entrypoint ended, whether a failed PostStart ended it, and when a stop began.
 struct Outcome {
     status: ExitStatus,
     hook_failed: bool,
+    stop_began: Option<Instant>,
 }
 
 impl Outcome {
@@ -258,6 +280,7 @@ impl Outcome {
         Outcome {
             status,
             hook_failed: false,
+            stop_began: None,
         }
     }
 
@@ -294,14 +317,15 @@ async fn supervise(
         }
     });
     let mut stop = pin!(terminate(c, plan));
-    let (mut lifecycle_done, mut stopping, mut killed, mut hook_failed) =
-        (false, false, false, false);
+    let (mut lifecycle_done, mut killed, mut hook_failed) = (false, false, false);
+    let mut stop_began = None;
     loop {
+        let stopping = stop_began.is_some();
         tokio::select! {
-            status = &mut exit => return Outcome { status, hook_failed },
+            status = &mut exit => return Outcome { status, hook_failed, stop_began },
             ended = &mut lifecycle, if !lifecycle_done => {
                 lifecycle_done = true;
-                stopping = true;
+                stop_began.get_or_insert_with(Instant::now);
                 match ended {
                     Ended::PostStartFailed(report) => {
                         eprintln!("lifecycle-shim: {}: {report}", report.reason());
@@ -315,7 +339,7 @@ async fn supervise(
                     tracing::info!(%signal, "already stopping; signal ignored");
                 } else {
                     tracing::info!(%signal, "stop requested");
-                    stopping = true;
+                    stop_began = Some(Instant::now());
                 }
             }
             () = &mut stop, if stopping && !killed => killed = true,

@@ -69,6 +69,14 @@ impl ProcessIo {
     }
 }
 
+/// How far [`Runc::create`] takes a container.
+#[derive(Debug, Clone, Copy)]
+pub enum Until {
+    Created,
+    Started,
+}
+
+#[derive(Clone)]
 pub struct Runc {
     binary: PathBuf,
     root: Option<PathBuf>,
@@ -88,18 +96,25 @@ impl Runc {
         &self.reaper
     }
 
-    /// Creates the container. Its stdio is ours, as with `runc run`; runc's own errors are
-    /// logged as JSON to `log` so they can be reported.
+    /// Creates the container (`runc create`), or creates and starts it (`runc run --detach`),
+    /// and returns once runc has; the container's init is then a child of the shim (as
+    /// subreaper), its pid in `pid_file`. Its stdio is `io`; runc's own errors are logged as
+    /// JSON to `log` so they can be reported.
     pub async fn create(
         &self,
+        until: Until,
         id: &str,
         bundle: &Path,
         pid_file: &Path,
         log: &Path,
         io: ProcessIo,
     ) -> Result<(), RuncError> {
-        let (_, exit) = self.launch("create", id, bundle, pid_file, log, io)?;
-        self.succeeded("create", id, exit, log).await
+        let (action, args): (_, &[&str]) = match until {
+            Until::Created => ("create", &["create"]),
+            Until::Started => ("run", &["run", "--detach"]),
+        };
+        let (_, exit) = self.launch(args, id, bundle, pid_file, log, io)?;
+        self.succeeded(action, id, exit, log).await
     }
 
     /// Starts `runc run` in the foreground: it creates and starts the container, forwards the
@@ -112,13 +127,13 @@ impl Runc {
         log: &Path,
         io: ProcessIo,
     ) -> Result<(Child, Exit), RuncError> {
-        self.launch("run", id, bundle, pid_file, log, io)
+        self.launch(&["run"], id, bundle, pid_file, log, io)
     }
 
     /// `runc create` or `runc run`, which take the same arguments.
     fn launch(
         &self,
-        action: &str,
+        action: &[&str],
         id: &str,
         bundle: &Path,
         pid_file: &Path,
@@ -128,7 +143,9 @@ impl Runc {
         let mut cmd = self.command();
         cmd.arg("--log")
             .arg(log)
-            .args(["--log-format", "json", action, "--bundle"])
+            .args(["--log-format", "json"])
+            .args(action)
+            .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
             .arg(pid_file);

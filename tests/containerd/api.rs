@@ -247,10 +247,12 @@ fn containers_without_a_spec_behave_as_under_the_runc_shim() {
     env.assert_clean(&["ours", "theirs"]);
 }
 
+/// The `delete` action also removes the sidecars' containers, which containerd knows nothing of.
 #[test]
 fn a_killed_shim_is_cleaned_up_by_containerd() {
     let Some(env) = Env::new() else { return };
-    let spec = json!({"preStop": {"exec": {"command": ["true"]}}});
+    let spec = json!({"preStop": {"exec": {"command": ["true"]}},
+        "initContainers": [{"name": "idler", "command": ["sleep", "1000"], "restartPolicy": "Always"}]});
     env.run_detached("orphan", &spec, IDLE);
     let shims = env.containerd.shim_processes();
     assert_eq!(shims.len(), 1, "{shims:?}");

@@ -3,6 +3,7 @@
 
 use serde_json::json;
 
+use crate::support::sidecars::{sidecars_spec, PROXY_CLIENT};
 use crate::support::wait_for_line;
 use crate::{Env, LIFECYCLE};
 
@@ -386,4 +387,22 @@ fn health_status_is_shown_for_a_task() {
     env.remove("healthy");
     assert_eq!(status(), "", "the status file outlived the task");
     env.assert_clean(&["healthy"]);
+}
+
+/// Sidecars under containerd: restarted when they exit, in the container's network namespace,
+/// and stopped after the entrypoint in reverse order before the task's exit is published.
+#[test]
+fn sidecars_are_restarted_and_stopped_after_the_entrypoint_under_ctr() {
+    let Some(env) = Env::new() else { return };
+    env.run_detached("sidecars", &sidecars_spec(), PROXY_CLIENT);
+    assert_eq!(env.lines("proxy"), ["start", "start"]);
+    assert_eq!(env.lines("fetched"), ["proxied"]);
+    env.ctr_ok(&["task", "kill", "sidecars"]);
+    env.wait_for_status("sidecars", "STOPPED");
+    assert_eq!(
+        env.lines("order"),
+        ["main-stop", "logger-stop", "proxy-stop"]
+    );
+    env.remove("sidecars");
+    env.assert_clean(&["sidecars"]);
 }

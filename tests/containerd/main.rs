@@ -10,6 +10,7 @@ mod image;
 mod support;
 
 mod api;
+mod hardening;
 mod lifecycle;
 
 use std::fs;

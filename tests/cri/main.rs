@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use containerd::{containerd_prerequisites, Containerd};
 use cri::{Cri, Pod};
 use serde_json::json;
+use support::sidecars::{AWAIT_LOGGER, LOGGER_SIDECAR};
 use support::{make_busybox_rootfs, prerequisites, read_lines, wait_until, write_executable};
 
 const BUSYBOX: &str = "docker.io/library/lcs-busybox:test";
@@ -511,4 +512,24 @@ fn a_failing_init_container_keeps_the_app_from_running() {
         (3, vec!["one".into(), "two".into()])
     );
     assert_eq!(init_containers(&env, RUNC, true), (0, vec!["app".into()]));
+}
+
+/// A sidecar under the CRI plugin (its cgroup path derived from the kubelet-style one): when
+/// the app exits by itself, the sidecar is stopped before the container's exit is published.
+#[test]
+fn a_sidecar_is_stopped_before_the_app_container_is_reported_exited() {
+    let Some(env) = Env::new() else { return };
+    let spec = json!({"initContainers": [
+        {"name": "logger", "command": ["sh", "-c", LOGGER_SIDECAR], "restartPolicy": "Always"}
+    ]});
+    let pod = env.pod("sidecar", LIFECYCLE, &[(&spec_key("app"), spec)]);
+    let app = format!("{AWAIT_LOGGER}; echo app >> /markers/order; exit 4");
+    let (pod_id, ids) = env.start(&pod, &[("app", &app)]);
+    wait_until("the container has exited", || {
+        env.cri.container_status(&ids[0]).state
+            == k8s_cri::v1::ContainerState::ContainerExited as i32
+    });
+    assert_eq!(env.cri.container_status(&ids[0]).exit_code, 4);
+    assert_eq!(env.lines("order"), ["app", "logger-stop"]);
+    env.remove(&pod_id, &ids);
 }

@@ -4,10 +4,13 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod hardening;
+
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::json;
+use support::sidecars::{sidecars_spec, AWAIT_LOGGER, LOGGER_SIDECAR, PROXY_CLIENT};
 use support::{container_pid, https_server, prerequisites, wait_for_line, TestBundle, SHIM};
 
 /// The entrypoint most stop tests use: records the stop signal, says it is up, then idles.
@@ -49,7 +52,8 @@ fn poststart_exec_runs_inside_the_container_beside_the_entrypoint() {
     assert_eq!(bundle.lines("env"), [format!("postStart {} 0", bundle.id)]);
     assert!(bundle.rootfs().join("tmp/ready").exists());
     done.assert_stderr_has("[postStart] hook says hi");
-    done.assert_stderr_has("hook finished phase=\"postStart\" handler=\"exec\"");
+    // Logged as finished, or as cut short when the entrypoint's exit beat the hook's own.
+    done.assert_stderr_has("phase=\"postStart\" handler=\"exec\"");
     bundle.assert_clean();
 }
 
@@ -960,4 +964,63 @@ fn check_prints_the_resolved_plan() {
         "{stdout}"
     );
     assert!(stdout.contains("preStop: none\n"), "{stdout}");
+}
+
+/// Sidecars (`restartPolicy: Always`): kept running beside the entrypoint in its network
+/// namespace, restarted when they exit, and stopped after the entrypoint, in reverse order.
+#[test]
+fn sidecars_are_restarted_and_stopped_after_the_entrypoint_in_reverse_order() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle = TestBundle::new(PROXY_CLIENT).with_spec(sidecars_spec());
+    let (done, order) = stop_after_up(&bundle);
+    done.assert_code(0);
+    // The proxy crashed once and was started again; the entrypoint reached its second run.
+    assert_eq!(bundle.lines("proxy"), ["start", "start"]);
+    assert_eq!(bundle.lines("fetched"), ["proxied"]);
+    done.assert_stderr_has("sidecar proxy exited with exit code 3; restarting in 1.0s");
+    assert_eq!(order, ["main-stop", "logger-stop", "proxy-stop"]);
+    bundle.assert_clean();
+}
+
+/// A sidecar that ignores the stop signal is killed when the grace period is over.
+#[test]
+fn a_sidecar_that_ignores_sigterm_is_killed_at_the_end_of_the_grace_period() {
+    if !prerequisites() {
+        return;
+    }
+    let stubborn = "trap '' TERM; while :; do sleep 1; done";
+    let bundle = TestBundle::new(WAIT_FOR_TERM).with_spec(json!({
+        "terminationGracePeriodSeconds": 2,
+        "initContainers": [{"name": "stubborn", "command": ["sh", "-c", stubborn], "restartPolicy": "Always"}]
+    }));
+    let (done, order) = stop_after_up(&bundle);
+    done.assert_code(0);
+    assert_eq!(order, ["term"]);
+    bundle.assert_clean();
+}
+
+/// The next init container and the entrypoint wait for a sidecar to run; one that cannot start
+/// stops the sequence.
+#[test]
+fn a_sidecar_that_cannot_start_keeps_the_entrypoint_from_starting() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle =
+        TestBundle::new("echo main >> /markers/order").with_spec(json!({"initContainers": [
+            {"name": "logger", "command": ["sh", "-c", LOGGER_SIDECAR], "restartPolicy": "Always"},
+            {"name": "wait", "command": ["sh", "-c", AWAIT_LOGGER]},
+            {"name": "broken", "command": ["/no/such/program"], "restartPolicy": "Always"},
+            {"name": "after", "command": ["sh", "-c", "echo after >> /markers/order"]}
+        ]}));
+    let done = bundle.run();
+    done.assert_code(1);
+    done.assert_stderr_has("sidecar \"broken\" failed: could not be started");
+    done.assert_stderr_has("/no/such/program: no such file or directory");
+    done.assert_stderr_has("the entrypoint was not started");
+    // The sidecar that did start was stopped.
+    assert_eq!(bundle.lines("order"), ["logger-stop"]);
+    bundle.assert_clean();
 }

@@ -192,6 +192,15 @@ disabled_plugins = [{disabled}]
         self.dir.path().join("shim-state")
     }
 
+    /// The bundle directory containerd made for task `id`, where its shim runs.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.namespace)
+            .join(id)
+    }
+
     /// The temporary directory holding containerd's files; tests may put their own there.
     pub fn dir(&self) -> &Path {
         self.dir.path()

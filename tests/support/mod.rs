@@ -250,14 +250,20 @@ pub fn make_busybox_rootfs(rootfs: &Path) {
 }
 
 pub fn processes_rooted_at(rootfs: &Path) -> Vec<String> {
-    let rootfs = fs::canonicalize(rootfs).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    // By identity, not by name: after pivot_root, /proc/PID/root reads as "/".
+    let Ok(root) = fs::metadata(rootfs) else {
+        return Vec::new();
+    };
     let mut found = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        if fs::read_link(entry.path().join("root")).is_ok_and(|root| root == rootfs) {
+        let same = fs::metadata(entry.path().join("root"))
+            .is_ok_and(|r| (r.dev(), r.ino()) == (root.dev(), root.ino()));
+        if same {
             let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
             found.push(format!(
                 "{name}: {}",
@@ -465,4 +471,38 @@ pub fn https_server(
         .recv()
         .expect("the HTTPS server thread failed before listening");
     handle
+}
+
+/// The sidecar scenario the `run` and containerd suites share: entrypoint and sidecars record
+/// their stops in /markers/order.
+pub mod sidecars {
+    use serde_json::json;
+
+    /// A sidecar that crashes on its first run and then serves HTTP on the container's loopback.
+    pub const PROXY_SIDECAR: &str = "echo start >> /markers/proxy
+    [ -e /markers/proxy-crashed ] || { touch /markers/proxy-crashed; exit 3; }
+    trap 'echo proxy-stop >> /markers/order; exit 0' TERM
+    mkdir -p /www && echo proxied > /www/index.html
+    httpd -f -p 127.0.0.1:8080 -h /www &
+    while :; do sleep 1000 & wait $!; done";
+
+    /// A sidecar that records its stop; /markers/logger-up says its trap is set.
+    pub const LOGGER_SIDECAR: &str =
+        "trap 'echo logger-stop >> /markers/order; exit 0' TERM; echo up > /markers/logger-up; while :; do sleep 1000 & wait $!; done";
+
+    /// Waits until the logger sidecar is ready for its stop signal.
+    pub const AWAIT_LOGGER: &str = "until [ -e /markers/logger-up ]; do sleep 0.05; done";
+
+    /// An entrypoint that is up once it fetched a page from the proxy sidecar.
+    pub const PROXY_CLIENT: &str = "trap 'echo main-stop >> /markers/order; exit 0' TERM
+    until wget -q -O /markers/fetched http://127.0.0.1:8080/index.html; do sleep 0.1; done
+    echo up > /markers/up
+    while :; do sleep 1000 & wait $!; done";
+
+    pub fn sidecars_spec() -> serde_json::Value {
+        json!({"initContainers": [
+            {"name": "proxy", "command": ["sh", "-c", PROXY_SIDECAR], "restartPolicy": "Always"},
+            {"name": "logger", "command": ["sh", "-c", LOGGER_SIDECAR], "restartPolicy": "Always"}
+        ]})
+    }
 }

@@ -2,6 +2,7 @@
 //! print its address), the `delete` action (clean up after a shim that is gone), and the task
 //! service the long-running shim serves.
 
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -45,18 +46,34 @@ impl Shim for LifecycleShim {
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
         let grouping = opts.id.clone();
         let address = spawn(opts, &grouping, Vec::new()).await?;
+        // Whoever can connect controls the container: root's alone, whatever the umask.
+        let socket = address.trim_start_matches("unix://");
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::Other(format!("securing the socket {socket}: {e}")))?;
         write_str_to_file("address", &address).await?;
         Ok(address)
     }
 
     /// Runs as a fresh process in the bundle directory after the shim is gone: whatever runc
-    /// still has of the container is deleted, the rootfs unmounted, and the dead shim's socket
-    /// removed.
+    /// still has of the container and of its sidecars and postStop runs (`<id>-lifecycle-*`)
+    /// is deleted, the rootfs unmounted, and the dead shim's socket removed.
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
         let reaper = Reaper::start().map_err(|e| Error::Other(e.to_string()))?;
-        let runc = Runc::new("runc".into(), Some(runc_root(&self.namespace)), reaper);
-        if let Err(error) = runc.delete(&self.id).await {
-            tracing::warn!(%error, "runc delete during cleanup");
+        let root = runc_root(&self.namespace);
+        let helpers = format!("{}-lifecycle-", self.id);
+        let mut ids: Vec<String> = std::fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| name.starts_with(&helpers))
+            .collect();
+        ids.push(self.id.clone());
+        let runc = Runc::new("runc".into(), Some(root), reaper);
+        for id in &ids {
+            if let Err(error) = runc.delete(id).await {
+                tracing::warn!(%error, "runc delete during cleanup");
+            }
         }
         let rootfs = std::env::current_dir()
             .map_err(|e| Error::Other(e.to_string()))?

@@ -14,6 +14,7 @@ use lifecycle_hooks::health::{splay, watch_health};
 use lifecycle_hooks::{run_phase, terminate, ExitStatus, Phase, Plan};
 use nix::sys::signal::Signal;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use super::console::Console;
 use super::error::TaskError;
@@ -23,11 +24,12 @@ use super::state::{IllegalMove, State};
 use super::stdio::{self, LoggerContext, StdioPaths};
 use crate::bundle::{Bundle, SpecOrigin};
 use crate::container::{RuncContainer, SignalRoute};
-use crate::once::run_inits;
+use crate::inits::run_inits;
 use crate::output::Sink;
 use crate::pidfile::read_pid;
 use crate::poststop::run_post_stop;
-use crate::runc::{Runc, RuncError};
+use crate::runc::{Runc, RuncError, Until};
+use crate::sidecar::{stop_deadline, SidecarHost, Sidecars};
 use crate::status::{status_path, StatusFile};
 
 pub struct Task {
@@ -44,6 +46,7 @@ pub struct Task {
     /// The container has a lifecycle spec; without one it behaves exactly as with runc's shim.
     hooks: bool,
     binds: Vec<crate::once::Bind>,
+    sidecars: Sidecars,
     rootfs_mounted: bool,
     inner: Mutex<Inner>,
     execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
@@ -64,6 +67,8 @@ struct Inner {
     /// `runc start` was asked for (and did not fail): the entrypoint ran, however briefly.
     /// Recorded before runc returns, since a quick entrypoint may exit before it does.
     entrypoint_started: bool,
+    /// When the stop sequence began; the sidecars' grace period counts from here.
+    stop_began: Option<Instant>,
 }
 
 impl Task {
@@ -104,7 +109,14 @@ impl Task {
             let log = bundle_path.join("runc.log");
             let create = async {
                 Ok(runc
-                    .create(&req.id, &bundle_path, &pid_file, &log, opened.io)
+                    .create(
+                        Until::Created,
+                        &req.id,
+                        &bundle_path,
+                        &pid_file,
+                        &log,
+                        opened.io,
+                    )
                     .await?)
             };
             let (created, console) = match opened.console {
@@ -142,6 +154,17 @@ impl Task {
                 return Err(error);
             }
         };
+        let sidecars = Sidecars::new(
+            SidecarHost {
+                runc: runc.clone(),
+                base_id: format!("{}-lifecycle", req.id),
+                bundle: bundle_path.clone(),
+                state: bundle_path.clone(),
+                pid,
+                stop_signal: plan.stop_signal,
+            },
+            sink.clone().unwrap_or(Sink::Stderr),
+        );
         let task = Arc::new(Task {
             id: req.id.clone(),
             bundle: bundle_path,
@@ -159,6 +182,7 @@ impl Task {
             plan,
             hooks,
             binds: bundle.binds.clone(),
+            sidecars,
             rootfs_mounted,
             inner: Mutex::new(Inner {
                 state: State::Created,
@@ -168,6 +192,7 @@ impl Task {
                 exit_override: None,
                 hook_failed: false,
                 entrypoint_started: false,
+                stop_began: None,
             }),
             execs: Mutex::new(HashMap::new()),
         });
@@ -242,7 +267,8 @@ impl Task {
     async fn lifecycle(self: Arc<Self>) {
         let c = self.hook_container();
         if !self.plan.init_containers.is_empty() {
-            if let Err(failure) = run_inits(&c, &self.plan.init_containers, &self.binds).await {
+            let inits = run_inits(&c, &self.plan.init_containers, &self.binds, &self.sidecars);
+            if let Err(failure) = inits.await {
                 self.report(&format!("{failure}; the entrypoint was not started"));
                 self.lock().exit_override = Some(failure.exit_code());
                 let _ = self.runc.reaper().kill(self.pid, Signal::SIGKILL);
@@ -289,6 +315,10 @@ impl Task {
     /// Kill of the init process. The stop signal (or SIGTERM) starts the stop sequence with
     /// PreStop and returns at once; SIGKILL cuts it short; anything else passes through.
     pub async fn kill(self: &Arc<Self>, signal: Signal, all: bool) -> Result<(), TaskError> {
+        if signal == Signal::SIGKILL {
+            // Also when the entrypoint is gone and the sidecars are being stopped.
+            self.sidecars.kill();
+        }
         let state = self.state();
         match state {
             State::Stopped | State::Deleted => {
@@ -330,6 +360,7 @@ impl Task {
         if inner.stop.is_some() || inner.state == State::Stopped {
             return;
         }
+        inner.stop_began = Some(Instant::now());
         let task = self.clone();
         inner.stop = Some(
             tokio::spawn(async move {
@@ -369,11 +400,11 @@ impl Task {
         self.lock_execs().remove(exec_id);
     }
 
-    /// The init process has been reaped: hooks still running are cancelled, the stream for
-    /// hook output is closed, exec processes end (containerd expects their exits before the
-    /// init's), and the exit is recorded and published.
+    /// The init process has been reaped: hooks still running are cancelled, sidecars stopped,
+    /// postStop run, the stream for hook output closed, exec processes end (containerd expects
+    /// their exits before the init's), and the exit is recorded and published.
     async fn exited(&self, status: ExitStatus) {
-        let (code, started, sink) = {
+        let (code, started, sink, stop_began) = {
             let mut inner = self.lock();
             let started = inner.entrypoint_started;
             if let Ok(state) = inner.state.exit() {
@@ -390,8 +421,12 @@ impl Task {
                 (None, 0) if inner.hook_failed => 1,
                 (None, code) => code,
             };
-            (code, started, inner.sink.take())
+            (code, started, inner.sink.take(), inner.stop_began)
         };
+        let stop_began = stop_began.unwrap_or_else(Instant::now);
+        self.sidecars
+            .stop(stop_deadline(stop_began, self.plan.grace))
+            .await;
         // postStop runs, if the entrypoint ever started, finish before the exit is published;
         // a failure is reported and leaves the status as it is.
         if started && self.hooks && !self.plan.post_stop.is_empty() {
