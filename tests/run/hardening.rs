@@ -290,22 +290,30 @@ fn two_hundred_lifecycles_with_random_outcomes_keep_every_status() {
 /// One lifecycle: PostStart succeeds (0), fails (1) or times out (2); the entrypoint exits
 /// with `code` once PostStart succeeded, and with 0 on SIGTERM.
 fn lifecycle(outcome: u64, code: i32) {
-    let hook = match outcome {
-        0 => "echo ran >> /markers/poststart; touch /markers/ok",
-        1 => "echo ran >> /markers/poststart; exit 3",
-        _ => "echo ran >> /markers/poststart; sleep 100",
+    // Only the hook meant to time out has a short timeout: on a loaded machine a 1 s
+    // timeout can cut short a hook meant to succeed.
+    let (hook, timeout) = match outcome {
+        0 => ("echo ran >> /markers/poststart; touch /markers/ok", 60),
+        1 => ("echo ran >> /markers/poststart; exit 3", 60),
+        _ => ("echo ran >> /markers/poststart; sleep 100", 1),
     };
     let bundle = TestBundle::new(&format!(
         "trap 'exit 0' TERM; until [ -e /markers/ok ]; do sleep 0.05; done; exit {code}"
     ))
     .with_spec(json!({
-        "postStart": {"exec": {"command": ["sh", "-c", hook]}, "timeoutSeconds": 1},
+        "postStart": {"exec": {"command": ["sh", "-c", hook]}, "timeoutSeconds": timeout},
         "preStop": {"exec": {"command": ["sh", "-c", "echo ran >> /markers/prestop"]}}
     }));
     let done = bundle.run();
     let (expected, prestops) = if outcome == 0 { (code, 0) } else { (1, 1) };
     assert_eq!(done.code(), expected, "outcome {outcome}: {}", done.stderr);
-    assert_eq!(bundle.lines("poststart").len(), 1, "outcome {outcome}");
+    // A hook killed at its timeout may not have got as far as its first line on a loaded
+    // machine; none runs twice.
+    let runs = bundle.lines("poststart").len();
+    match outcome {
+        2 => assert!(runs <= 1, "PostStart ran {runs} times"),
+        _ => assert_eq!(runs, 1, "outcome {outcome}"),
+    }
     assert_eq!(bundle.lines("prestop").len(), prestops, "outcome {outcome}");
     bundle.assert_clean();
 }
@@ -334,7 +342,13 @@ fn a_once_sentinel_behind_a_planted_symlink_is_refused() {
     done.assert_code(1);
     done.assert_stderr_has("symlinks are not followed");
     assert!(bundle.lines("order").is_empty());
-    let written: Vec<_> = std::fs::read_dir(outside.path()).unwrap().flatten().collect();
-    assert!(written.is_empty(), "written outside the volume: {written:?}");
+    let written: Vec<_> = std::fs::read_dir(outside.path())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        written.is_empty(),
+        "written outside the volume: {written:?}"
+    );
     bundle.assert_clean();
 }

@@ -62,17 +62,25 @@ fn poststart_http_get_reaches_a_server_on_the_container_loopback() {
     if !prerequisites() {
         return;
     }
+    // The entrypoint lives until the test has seen the hook's report.
     let bundle =
-        TestBundle::new("while [ ! -s /markers/order ]; do sleep 0.05; done").with_spec(json!({
+        TestBundle::new("while [ ! -e /markers/release ]; do sleep 0.05; done").with_spec(json!({
             "initContainers": [http_server_init()],
             "postStart": {"httpGet": {"port": 8080, "path": "/cgi-bin/start",
                           "httpHeaders": [{"name": "X-Reason", "value": "boot"}]}}
         }));
     cgi(&bundle, "start", "poststart-http", "200 OK");
-    let done = bundle.run();
+    let shim = bundle.spawn(&[]);
+    let stderr = bundle.dir.path().join("shim.stderr");
+    support::wait_until("PostStart is reported", || {
+        std::fs::read_to_string(&stderr)
+            .unwrap_or_default()
+            .contains("phase=\"postStart\" handler=\"httpGet\"")
+    });
+    std::fs::write(bundle.marker("release"), "").unwrap();
+    let done = shim.wait();
     done.assert_code(0);
     assert_eq!(bundle.lines("order"), ["poststart-http boot"]);
-    done.assert_stderr_has("phase=\"postStart\" handler=\"httpGet\"");
     done.assert_stderr_has("http_status=200");
     bundle.assert_clean();
 }
