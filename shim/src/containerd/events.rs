@@ -37,34 +37,34 @@ impl Events {
     /// `convert_to_any`, which asks protobuf's reflection for the type name and so parses and
     /// keeps the event's whole .proto file tree in memory, about 0.4 MiB per shim for good.
     pub async fn publish<M: Message>(&self, topic: &str, event: M) {
-        let envelope = pack(EVENTS_PACKAGE, &event).map(|event| Envelope {
+        if let Err(error) = self.forward(topic, &event).await {
+            tracing::warn!(topic, %error, "could not publish event");
+        }
+    }
+
+    async fn forward<M: Message>(
+        &self,
+        topic: &str,
+        event: &M,
+    ) -> Result<(), containerd_shim::Error> {
+        let envelope = Envelope {
             timestamp: Some(timestamp(SystemTime::now())).into(),
             namespace: self.namespace.clone(),
             topic: topic.to_owned(),
-            event: Some(event).into(),
+            event: Some(pack(EVENTS_PACKAGE, event)?).into(),
             ..Default::default()
-        });
-        let queued = match envelope {
-            Ok(envelope) => {
-                let request = ForwardRequest {
-                    envelope: Some(envelope).into(),
-                    ..Default::default()
-                };
-                let context = TtrpcContext {
-                    mh: Default::default(),
-                    metadata: Default::default(),
-                    timeout_nano: 0,
-                };
-                self.publisher
-                    .forward(&context, request)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Err(error) => Err(error.to_string()),
         };
-        if let Err(error) = queued {
-            tracing::warn!(topic, %error, "could not publish event");
-        }
+        let request = ForwardRequest {
+            envelope: Some(envelope).into(),
+            ..Default::default()
+        };
+        let context = TtrpcContext {
+            mh: Default::default(),
+            metadata: Default::default(),
+            timeout_nano: 0,
+        };
+        self.publisher.forward(&context, request).await?;
+        Ok(())
     }
 }
 
