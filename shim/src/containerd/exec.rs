@@ -63,7 +63,7 @@ impl ExecProcess {
             ..Default::default()
         };
         task.events
-            .publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(event))
+            .publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, event)
             .await;
         Ok(exec)
     }
@@ -129,7 +129,7 @@ impl ExecProcess {
             ..Default::default()
         };
         task.events
-            .publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(event))
+            .publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, event)
             .await;
         let (exec, task) = (self.clone(), task.clone());
         tokio::spawn(async move {
@@ -157,7 +157,7 @@ impl ExecProcess {
             ..Default::default()
         };
         task.events
-            .publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event))
+            .publish(topics::TASK_EXIT_EVENT_TOPIC, event)
             .await;
     }
 

@@ -9,22 +9,23 @@ use containerd_shim::api::*;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::events::task::{TaskDelete, TaskPaused, TaskResumed};
-use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::shim_async::Task as TaskService;
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim::protos::ttrpc::Result as TtrpcResult;
 use containerd_shim::protos::types::task::ProcessInfo;
-use containerd_shim::util::convert_to_any;
 use nix::sys::signal::Signal;
 
 use super::error::TaskError;
-use super::events::{Events, Exited};
+use super::events::{pack, Events, Exited};
 use super::exec::ExecProcess;
 use super::state::State;
 use super::task::Task;
 use crate::reaper::Reaper;
 use crate::runc::Runc;
+
+/// The protobuf package of the cgroup metrics Stats returns, for their type URL.
+const METRICS_PACKAGE: &str = "io.containerd.cgroups.v1";
 
 pub struct Service {
     namespace: String,
@@ -185,7 +186,7 @@ impl Service {
         };
         if req.exec_id.is_empty() {
             task.events
-                .publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(event))
+                .publish(topics::TASK_DELETE_EVENT_TOPIC, event)
                 .await;
         }
         Ok(DeleteResponse {
@@ -234,7 +235,7 @@ impl Service {
             ..Default::default()
         };
         task.events
-            .publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(event))
+            .publish(topics::TASK_PAUSED_EVENT_TOPIC, event)
             .await;
         Ok(())
     }
@@ -248,7 +249,7 @@ impl Service {
             ..Default::default()
         };
         task.events
-            .publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(event))
+            .publish(topics::TASK_RESUMED_EVENT_TOPIC, event)
             .await;
         Ok(())
     }
@@ -272,8 +273,7 @@ impl Service {
             .map_err(TaskError::shim("finding the container's cgroup"))?;
         let metrics = containerd_shim::cgroup::collect_metrics(&cgroup)
             .map_err(TaskError::shim("reading the container's cgroup"))?;
-        let stats: Any =
-            convert_to_any(Box::new(metrics)).map_err(TaskError::shim("encoding metrics"))?;
+        let stats = pack(METRICS_PACKAGE, &metrics).map_err(TaskError::shim("encoding metrics"))?;
         Ok(StatsResponse {
             stats: Some(stats).into(),
             ..Default::default()

@@ -217,7 +217,7 @@ impl Task {
             ..Default::default()
         };
         task.events
-            .publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event))
+            .publish(topics::TASK_CREATE_EVENT_TOPIC, event)
             .await;
         Ok(task)
     }
@@ -255,7 +255,7 @@ impl Task {
             ..Default::default()
         };
         self.events
-            .publish(topics::TASK_START_EVENT_TOPIC, Box::new(event))
+            .publish(topics::TASK_START_EVENT_TOPIC, event)
             .await;
         let task = self.clone();
         let lifecycle = tokio::spawn(async move { task.lifecycle().await }).abort_handle();
@@ -470,7 +470,7 @@ impl Task {
             ..Default::default()
         };
         self.events
-            .publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event))
+            .publish(topics::TASK_EXIT_EVENT_TOPIC, event)
             .await;
     }
 
