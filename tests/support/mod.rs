@@ -231,6 +231,26 @@ impl TestBundle {
     }
 }
 
+/// A test that failed half-way must not leave its container running (and polling a marker
+/// directory that is gone): whatever runc still has under the bundle's root is deleted.
+impl Drop for TestBundle {
+    fn drop(&mut self) {
+        let runc = |args: &[&str]| {
+            Command::new("runc")
+                .arg("--root")
+                .arg(self.runc_root())
+                .args(args)
+                .stderr(Stdio::null())
+                .output()
+        };
+        if let Ok(out) = runc(&["list", "-q"]) {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = runc(&["delete", "--force", id]);
+            }
+        }
+    }
+}
+
 /// Copies busybox and links its applets, skipping `busybox` itself so the link does not
 /// overwrite the binary.
 pub fn make_busybox_rootfs(rootfs: &Path) {
