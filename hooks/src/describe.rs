@@ -17,10 +17,10 @@ impl fmt::Display for Plan {
         for (i, init) in self.init_containers.iter().enumerate() {
             write!(f, "  {}. {}: {:?}", i + 1, init.name, init.argv)?;
             if let Some(dir) = &init.working_dir {
-                write!(f, " in {dir}")?;
+                write!(f, " in {}", Shown(dir))?;
             }
             for (name, value) in &init.env {
-                write!(f, " {name}={value:?}")?;
+                write!(f, " {}={value:?}", Shown(name))?;
             }
             match init.timeout {
                 _ if init.sidecar => write!(
@@ -31,9 +31,12 @@ impl fmt::Display for Plan {
                 None => write!(f, ", no timeout")?,
             }
             match &init.once {
-                Some(once) => {
-                    writeln!(f, ", once per key {:?} (sentinel {})", once.key, once.path)?
-                }
+                Some(once) => writeln!(
+                    f,
+                    ", once per key {:?} (sentinel {})",
+                    once.key,
+                    Shown(&once.path)
+                )?,
                 None => writeln!(f)?,
             }
         }
@@ -84,6 +87,23 @@ fn write_phase(
     }
 }
 
+/// Text from the spec, with control characters escaped: `check`'s output goes to a terminal,
+/// and a spec must not be able to write escape sequences or fake lines there.
+struct Shown<'a>(&'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn write_hook(f: &mut fmt::Formatter<'_>, hook: &Hook, unbounded: &str) -> fmt::Result {
     match &hook.action {
         Action::Exec { command } => write!(f, "exec {command:?}")?,
@@ -97,10 +117,10 @@ fn write_hook(f: &mut fmt::Formatter<'_>, hook: &Hook, unbounded: &str) -> fmt::
             write!(
                 f,
                 "httpGet {scheme} {addr}{} from inside the container",
-                get.path
+                Shown(&get.path)
             )?;
             for (name, value) in &get.headers {
-                write!(f, ", {name}: {value}")?;
+                write!(f, ", {}: {}", Shown(name), Shown(value))?;
             }
         }
     }
@@ -123,7 +143,20 @@ fn write_hook(f: &mut fmt::Formatter<'_>, hook: &Hook, unbounded: &str) -> fmt::
 
 #[cfg(test)]
 mod tests {
+
     use crate::plan::{Defaults, Plan};
+
+    #[test]
+    fn control_characters_from_the_spec_are_escaped() {
+        let plan = Plan::from_json(
+            r#"{"initContainers": [{"name": "a", "command": ["x"], "workingDir": "/\u001b[2J\nfake: line"}]}"#,
+            &Defaults::default(),
+        )
+        .unwrap();
+        let text = plan.to_string();
+        assert!(text.contains("in /\\u{1b}[2J\\nfake: line"), "{text}");
+        assert!(!text.contains('\u{1b}'));
+    }
 
     #[test]
     fn describes_stages_retries_and_the_shutdown_delay() {
