@@ -143,7 +143,6 @@ fn write_hook(f: &mut fmt::Formatter<'_>, hook: &Hook, unbounded: &str) -> fmt::
 
 #[cfg(test)]
 mod tests {
-
     use crate::plan::{Defaults, Plan};
 
     #[test]
