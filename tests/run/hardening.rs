@@ -124,16 +124,17 @@ fn container_processes(bundle: &TestBundle, needle: &str) -> Vec<String> {
 }
 
 /// A hook that ignores SIGTERM, daemonizes a child into a session of its own and hangs is
-/// killed at its timeout with that child; the container lives on.
+/// killed at its timeout with that child; the container lives on. A daemon left by a hook
+/// that exited stays in the container until it stops.
 #[test]
 fn a_timed_out_hook_is_killed_with_the_daemon_it_started() {
     if !prerequisites() {
         return;
     }
     // The first attempt starts a daemon (sleep 1001) and hangs (sleep 1002); the retry
-    // succeeds, so the container keeps running.
-    let hook = "if [ -e /markers/tried ]; then echo ok > /markers/retried; exit 0; fi; touch /markers/tried; \
-                setsid sleep 1001 & trap '' TERM; sleep 1002";
+    // succeeds, leaving a daemon of its own (sleep 1003), so the container keeps running.
+    let hook = "if [ -e /markers/tried ]; then setsid sleep 1003 & echo ok > /markers/retried; exit 0; fi; \
+                touch /markers/tried; setsid sleep 1001 & trap '' TERM; sleep 1002";
     let bundle = TestBundle::new(&format!(
         "until [ -s /markers/retried ]; do sleep 0.05; done; {}",
         crate::WAIT_FOR_TERM
@@ -154,6 +155,7 @@ fn a_timed_out_hook_is_killed_with_the_daemon_it_started() {
         container_processes(&bundle, "sleep 1001"),
         Vec::<String>::new()
     );
+    assert_eq!(container_processes(&bundle, "sleep 1003").len(), 1);
     shim.signal(nix::sys::signal::Signal::SIGTERM);
     shim.wait().assert_code(0);
     bundle.assert_clean();
