@@ -205,7 +205,7 @@ fn settled_fds(pid: i32) -> usize {
         .unwrap()
 }
 
-/// A long-lived shim does not leak fds over health checks and exec processes.
+/// A long-lived shim leaks no fds and leaves no zombies over health checks and exec processes.
 #[test]
 fn a_long_lived_shim_keeps_its_fds() {
     let Some(env) = Env::new() else { return };
@@ -224,6 +224,10 @@ fn a_long_lived_shim_keeps_its_fds() {
     });
     let after = settled_fds(pid);
     assert!(after <= before, "fds grew from {before} to {after}");
+    // Every hook's and exec's runc and process was reaped.
+    crate::support::wait_until("the shim has reaped its children", || {
+        crate::support::zombie_children(pid).is_empty()
+    });
     env.ctr_ok(&["task", "kill", "-s", "SIGKILL", "long"]);
     env.wait_for_status("long", "STOPPED");
     env.remove("long");
