@@ -98,8 +98,9 @@ fn http_get_cannot_reach_the_host_loopback_from_a_private_network_namespace() {
     let spec = json!({"postStart": {"httpGet": {"port": port, "path": "/probe"}}});
     let private = TestBundle::new(crate::WAIT_FOR_TERM).with_spec(spec.clone());
     let done = private.run();
-    // Stopped for the failed PostStart, which never counts as success.
-    done.assert_code(1);
+    // Stopped for the failed PostStart, which never counts as success: 1 from the TERM trap, or
+    // 137 if the refusal was so quick that the stop came before the trap was set.
+    assert!([1, 137].contains(&done.code()), "{}", done.code());
     done.assert_stderr_has("FailedPostStartHook");
     done.assert_stderr_has("Connection refused");
     assert_eq!(connections.load(Ordering::SeqCst), 0);
@@ -149,11 +150,9 @@ fn a_timed_out_hook_is_killed_with_the_daemon_it_started() {
     );
     let shim = bundle.spawn(&[]);
     crate::wait_for_line(&bundle.marker("up"), Some("up"));
-    // The container's processes are seen: its entrypoint is.
-    assert_eq!(
-        container_processes(&bundle, &["sh", "-c", &entrypoint]).len(),
-        1
-    );
+    // The container's processes are seen: its entrypoint is (with, for a moment, a fork of it
+    // that has not exec'd `sleep` yet).
+    assert!(!container_processes(&bundle, &["sh", "-c", &entrypoint]).is_empty());
     assert_eq!(
         container_processes(&bundle, &["sleep", "1002"]),
         Vec::<String>::new()
@@ -238,22 +237,29 @@ fn a_failing_runtime_is_a_clear_error_and_nothing_is_left() {
     let tools = tempfile::tempdir().unwrap();
     let init = json!({"initContainers": [{"name": "a", "command": ["true"]}]});
     let hook = json!({"postStart": {"exec": {"command": ["true"]}}});
-    // (failing action, spec, exit status, message)
-    let cases = [
-        ("run", json!({}), 125, "run"),
-        ("create", init.clone(), 125, "create"),
-        ("start", init.clone(), 125, "start"),
-        ("exec", init.clone(), 1, "exec"),
-        ("exec", hook, 1, "exec"),
+    // (failing action, spec, exit statuses). A failed PostStart stops the container: its TERM
+    // trap exits 0 (status 1, as a hook failed), or, if the stop came before the trap was set,
+    // the entrypoint as PID 1 ignores SIGTERM and is killed (137).
+    let cases: [(&str, _, &[i32]); 5] = [
+        ("run", json!({}), &[125]),
+        ("create", init.clone(), &[125]),
+        ("start", init.clone(), &[125]),
+        ("exec", init.clone(), &[1]),
+        ("exec", hook, &[1, 137]),
     ];
-    for (action, spec, code, what) in cases {
+    for (action, spec, codes) in cases {
         let runtime = failing_runtime(tools.path(), action);
         let bundle = TestBundle::new(crate::WAIT_FOR_TERM).with_spec(spec);
         let done = bundle
             .spawn(&["--runtime", runtime.to_str().unwrap()])
             .wait();
-        done.assert_code(code);
-        done.assert_stderr_has(&format!("injected {what} failure"));
+        assert!(
+            codes.contains(&done.code()),
+            "{action}: {}\n{}",
+            done.code(),
+            done.stderr
+        );
+        done.assert_stderr_has(&format!("injected {action} failure"));
         bundle.assert_clean();
     }
 }
