@@ -285,10 +285,17 @@ pub async fn terminate<C: Container>(c: &C, plan: &Plan) {
         sleep_until((start + plan.shutdown_delay).min(grace_end)).await;
     }
     run_phase(c, Phase::PreStop, &plan.pre_stop, Some(grace_end)).await;
-    let kill_at = grace_end.max(Instant::now() + MIN_STOP_GRACE);
+    let kill_at = kill_deadline(start, plan.grace);
     send(c, plan.stop_signal).await;
     sleep_until(kill_at).await;
     send(c, Signal::SIGKILL).await;
+}
+
+/// When SIGKILL follows a stop signal sent now, for a stop that began at `began`: at the end
+/// of the grace period, but never less than [`MIN_STOP_GRACE`] after the signal (the
+/// kubelet's minimum). The container's and its sidecars' alike.
+pub fn kill_deadline(began: Instant, grace: Duration) -> Instant {
+    (began + grace).max(Instant::now() + MIN_STOP_GRACE)
 }
 
 async fn send<C: Container>(c: &C, signal: Signal) {

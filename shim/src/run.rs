@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 
+use lifecycle_hooks::engine::kill_deadline;
 use lifecycle_hooks::health::{splay, watch_health};
 use lifecycle_hooks::{run_phase, terminate, Container, ExitStatus, HookReport, Phase, Plan};
 use nix::sys::signal::Signal;
@@ -20,7 +21,7 @@ use crate::pidfile::{read_pid, PidFileWatch, Started};
 use crate::poststop::run_post_stop;
 use crate::reaper::{Exit, Reaper};
 use crate::runc::{ProcessIo, Runc, RuncError, Until};
-use crate::sidecar::{stop_deadline, SidecarHost, Sidecars};
+use crate::sidecar::{SidecarHost, Sidecars};
 use crate::status::{status_path, StatusFile};
 
 /// Exit status for a failure of the shim or the runtime rather than the container (as Docker's
@@ -253,7 +254,7 @@ impl Launch {
             .await;
             // The entrypoint is gone (or never ran): then the sidecars, within the grace period.
             let stop_began = result.as_ref().map_or_else(|_| Instant::now(), |(_, t)| *t);
-            sidecars.stop(stop_deadline(stop_began, plan.grace)).await;
+            sidecars.stop(kill_deadline(stop_began, plan.grace)).await;
             result.map(|(ran, _)| ran)
         }
         .await;

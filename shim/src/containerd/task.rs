@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use containerd_shim::api::{CreateTaskRequest, ExecProcessRequest};
 use containerd_shim::protos::events::task::{TaskCreate, TaskExit, TaskIO, TaskStart};
 use containerd_shim::protos::topics;
+use lifecycle_hooks::engine::kill_deadline;
 use lifecycle_hooks::health::{splay, watch_health};
 use lifecycle_hooks::{run_phase, terminate, ExitStatus, Phase, Plan};
 use nix::sys::signal::Signal;
@@ -29,7 +30,7 @@ use crate::output::Sink;
 use crate::pidfile::read_pid;
 use crate::poststop::run_post_stop;
 use crate::runc::{Runc, RuncError, Until};
-use crate::sidecar::{stop_deadline, SidecarHost, Sidecars};
+use crate::sidecar::{SidecarHost, Sidecars};
 use crate::status::{status_path, StatusFile};
 
 pub struct Task {
@@ -425,7 +426,7 @@ impl Task {
         };
         let stop_began = stop_began.unwrap_or_else(Instant::now);
         self.sidecars
-            .stop(stop_deadline(stop_began, self.plan.grace))
+            .stop(kill_deadline(stop_began, self.plan.grace))
             .await;
         // postStop runs, if the entrypoint ever started, finish before the exit is published;
         // a failure is reported and leaves the status as it is.
