@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use lifecycle_hooks::engine::{Seconds, MIN_STOP_GRACE};
+use lifecycle_hooks::engine::Seconds;
 use lifecycle_hooks::plan::InitContainer;
 use lifecycle_hooks::{ExecRequest, ExitStatus};
 use nix::sys::signal::Signal;
@@ -29,12 +29,6 @@ use crate::runc::{ProcessIo, Runc, RuncError, Until};
 /// [`MAX_BACKOFF`], and starts over after a run that lasted at least that long.
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-/// When the sidecars get SIGKILL for a stop that began at `began`: at the end of the grace
-/// period, but never less than [`MIN_STOP_GRACE`] after they were signalled, as with PreStop.
-pub fn stop_deadline(began: Instant, grace: Duration) -> Instant {
-    (began + grace).max(Instant::now() + MIN_STOP_GRACE)
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
@@ -257,6 +251,7 @@ impl Sidecar {
             if let Some((pid, exit)) = next.take() {
                 let began = Instant::now();
                 let Some(status) = self.watch(pid, exit, &mut control).await else {
+                    self.delete().await;
                     break;
                 };
                 self.delete().await;
@@ -283,7 +278,6 @@ impl Sidecar {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        self.delete().await;
         self.output.drain();
         self.output.finish();
     }
