@@ -10,12 +10,12 @@
 //! and nothing is followed, so the shim never touches a file outside the volume.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
 use lifecycle_hooks::plan::Once;
-use nix::fcntl::{openat, renameat, Flock, FlockArg, OFlag};
+use nix::fcntl::{openat, Flock, FlockArg, OFlag};
 use nix::sys::stat::Mode;
 
 /// A bind mount of the bundle: where it appears in the container, and its host source.
@@ -90,11 +90,7 @@ impl Ticket {
     pub fn finish(self, succeeded: bool) -> io::Result<()> {
         let status = if succeeded { "succeeded" } else { "failed" };
         let record = serde_json::json!({"key": self.key, "status": status});
-        let tmp = format!("{}.lifecycle-tmp", self.sentinel);
-        let write = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC;
-        open_in(&self.dir, &tmp, write)?.write_all(record.to_string().as_bytes())?;
-        renameat(&self.dir, tmp.as_str(), &self.dir, self.sentinel.as_str())?;
-        Ok(())
+        crate::output::replace_in(&self.dir, &self.sentinel, record.to_string().as_bytes())
     }
 }
 
