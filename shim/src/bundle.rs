@@ -89,6 +89,9 @@ pub struct Bundle {
     terminal: bool,
     /// Bind mounts: where they appear in the container and their host sources.
     pub binds: Vec<crate::once::Bind>,
+    /// The container has no PID namespace of its own (it shares the host's, a pod's or another
+    /// container's), so its processes outlive its init: runc's `ShouldKillAllOnExit`.
+    pub shares_pid_namespace: bool,
 }
 
 impl Bundle {
@@ -124,8 +127,19 @@ impl Bundle {
             })
             .filter_map(|m| Some((m.destination().clone(), m.source().clone()?)))
             .collect();
+        let private_pid_namespace = config
+            .linux()
+            .as_ref()
+            .and_then(|linux| linux.namespaces().as_ref())
+            .is_some_and(|namespaces| {
+                namespaces.iter().any(|ns| {
+                    ns.typ() == oci_spec::runtime::LinuxNamespaceType::Pid
+                        && ns.path().as_ref().is_none_or(|p| p.as_os_str().is_empty())
+                })
+            });
         Ok(Bundle {
             binds,
+            shares_pid_namespace: !private_pid_namespace,
             annotations: config.annotations().clone().unwrap_or_default(),
             terminal: config
                 .process()
@@ -257,7 +271,28 @@ mod tests {
                 .collect(),
             terminal: false,
             binds: Vec::new(),
+            shares_pid_namespace: false,
         }
+    }
+
+    #[test]
+    fn a_pid_namespace_is_private_only_when_the_spec_creates_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let shares = |linux: &str| {
+            let config =
+                format!(r#"{{"ociVersion": "1.0.2", "root": {{"path": "rootfs"}}{linux}}}"#);
+            std::fs::write(dir.path().join("config.json"), config).unwrap();
+            Bundle::load(dir.path()).unwrap().shares_pid_namespace
+        };
+        assert!(shares(""), "no linux section: the host's PID namespace");
+        assert!(shares(r#", "linux": {"namespaces": [{"type": "mount"}]}"#));
+        assert!(!shares(r#", "linux": {"namespaces": [{"type": "pid"}]}"#));
+        assert!(!shares(
+            r#", "linux": {"namespaces": [{"type": "pid", "path": ""}]}"#
+        ));
+        assert!(shares(
+            r#", "linux": {"namespaces": [{"type": "pid", "path": "/proc/1/ns/pid"}]}"#
+        ));
     }
 
     #[test]

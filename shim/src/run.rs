@@ -20,7 +20,7 @@ use crate::output::Sink;
 use crate::pidfile::{read_pid, PidFileWatch, Started};
 use crate::poststop::run_post_stop;
 use crate::reaper::{Exit, Reaper};
-use crate::runc::{ProcessIo, Runc, RuncError, Until};
+use crate::runc::{ProcessIo, Runc, RuncConfig, RuncError, Until};
 use crate::sidecar::{SidecarHost, Sidecars};
 use crate::status::{status_path, StatusFile};
 
@@ -82,7 +82,7 @@ pub async fn run(options: RunOptions) -> Result<i32, RunError> {
         .tempdir()
         .map_err(RunError::io("cannot create a state directory"))?;
     let launch = Launch {
-        runc: Runc::new(options.runtime, options.root, reaper),
+        runc: Runc::new(RuncConfig::new(options.runtime, options.root), reaper),
         id,
         binds: bundle.binds,
         bundle: bundle.path,

@@ -40,6 +40,13 @@ impl RuncError {
     }
 }
 
+impl RuncError {
+    /// True when runc could not signal a container because it, or its process, is gone.
+    pub fn process_gone(&self) -> bool {
+        matches!(self, RuncError::Failed { message, .. } if ["not running", "process already finished", "no such process"].iter().any(|m| message.contains(m)))
+    }
+}
+
 /// The stdio a container process gets from runc, and where runc sends a terminal's master.
 pub struct ProcessIo {
     pub stdin: Stdio,
@@ -76,20 +83,42 @@ pub enum Until {
     Started,
 }
 
+/// How runc is invoked: the binary, its global flags, and the flags every create takes. The
+/// order of the flags is go-runc's, so a container without hooks sees the same command lines
+/// as under containerd's `io.containerd.runc.v2`.
+#[derive(Debug, Clone, Default)]
+pub struct RuncConfig {
+    pub binary: PathBuf,
+    /// runc's `--root`.
+    pub root: Option<PathBuf>,
+    /// runc's `--log` (JSON) for calls that do not name their own.
+    pub log: Option<PathBuf>,
+    pub systemd_cgroup: bool,
+    /// `create --no-pivot`.
+    pub no_pivot: bool,
+    /// `create --no-new-keyring`.
+    pub no_new_keyring: bool,
+}
+
+impl RuncConfig {
+    pub fn new(binary: PathBuf, root: Option<PathBuf>) -> RuncConfig {
+        RuncConfig {
+            binary,
+            root,
+            ..RuncConfig::default()
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Runc {
-    binary: PathBuf,
-    root: Option<PathBuf>,
+    config: RuncConfig,
     reaper: Reaper,
 }
 
 impl Runc {
-    pub fn new(binary: PathBuf, root: Option<PathBuf>, reaper: Reaper) -> Runc {
-        Runc {
-            binary,
-            root,
-            reaper,
-        }
+    pub fn new(config: RuncConfig, reaper: Reaper) -> Runc {
+        Runc { config, reaper }
     }
 
     pub fn reaper(&self) -> &Reaper {
@@ -140,16 +169,19 @@ impl Runc {
         log: &Path,
         io: ProcessIo,
     ) -> Result<(Child, Exit), RuncError> {
-        let mut cmd = self.command();
-        cmd.arg("--log")
-            .arg(log)
-            .args(["--log-format", "json"])
-            .args(action)
+        let mut cmd = self.command(Some(log));
+        cmd.args(action)
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
             .arg(pid_file);
         io.apply(&mut cmd);
+        if self.config.no_pivot {
+            cmd.arg("--no-pivot");
+        }
+        if self.config.no_new_keyring {
+            cmd.arg("--no-new-keyring");
+        }
         cmd.arg(id);
         self.spawn(&mut cmd)
     }
@@ -164,15 +196,10 @@ impl Runc {
         log: &Path,
         io: ProcessIo,
     ) -> Result<(), RuncError> {
-        let mut cmd = self.command();
-        cmd.arg("--log")
-            .arg(log)
-            .args(["--log-format", "json", "exec", "--detach", "--process"])
-            .arg(process)
-            .arg("--pid-file")
-            .arg(pid_file);
+        let mut cmd = self.command(Some(log));
+        cmd.args(["exec", "--process"]).arg(process);
         io.apply(&mut cmd);
-        cmd.arg(id);
+        cmd.arg("--detach").arg("--pid-file").arg(pid_file).arg(id);
         let (_, exit) = self.spawn(&mut cmd)?;
         self.succeeded("exec", id, exit, log).await
     }
@@ -212,10 +239,11 @@ impl Runc {
 
     /// Sends `signal` to the container's init, or with `all` to every process in it.
     pub async fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<(), RuncError> {
+        let number = (signal as i32).to_string();
         let args: &[&str] = if all {
-            &["kill", "--all", id, signal.as_str()]
+            &["kill", "--all", id, &number]
         } else {
-            &["kill", id, signal.as_str()]
+            &["kill", id, &number]
         };
         self.simple("kill", id, args).await
     }
@@ -257,6 +285,12 @@ impl Runc {
         self.simple("delete", id, &["delete", "--force", id]).await
     }
 
+    /// Deletes a container that is stopped or only created, as containerd's runc shim deletes
+    /// a task; a running one is refused.
+    pub async fn delete_stopped(&self, id: &str) -> Result<(), RuncError> {
+        self.simple("delete", id, &["delete", id]).await
+    }
+
     /// Starts `runc exec` for a hook; its stdout and stderr (and runc's errors) go to `output`.
     pub fn exec(
         &self,
@@ -265,7 +299,7 @@ impl Runc {
         pid_file: &Path,
         output: OwnedFd,
     ) -> Result<(Child, Exit), RuncError> {
-        let mut cmd = self.command();
+        let mut cmd = self.command(None);
         cmd.arg("exec").arg("--pid-file").arg(pid_file);
         if let Some(dir) = request.working_dir {
             cmd.args(["--cwd", dir]);
@@ -296,7 +330,7 @@ impl Runc {
         id: &str,
         args: &[&str],
     ) -> Result<Vec<u8>, RuncError> {
-        let mut cmd = self.command();
+        let mut cmd = self.command(None);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -314,10 +348,18 @@ impl Runc {
         Err(self.failed(action, id, status, message))
     }
 
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.binary);
-        if let Some(root) = &self.root {
+    /// runc with its global flags; `log` (or the configured log) receives runc's errors.
+    fn command(&self, log: Option<&Path>) -> Command {
+        let config = &self.config;
+        let mut cmd = Command::new(&config.binary);
+        if let Some(root) = &config.root {
             cmd.arg("--root").arg(root);
+        }
+        if let Some(log) = log.or(config.log.as_deref()) {
+            cmd.arg("--log").arg(log).args(["--log-format", "json"]);
+        }
+        if config.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
         }
         cmd.process_group(0);
         cmd
@@ -331,7 +373,7 @@ impl Runc {
 
     fn spawn_error(&self, source: io::Error) -> RuncError {
         RuncError::Spawn {
-            binary: self.binary.clone(),
+            binary: self.config.binary.clone(),
             source,
         }
     }
@@ -344,7 +386,7 @@ impl Runc {
         message: String,
     ) -> RuncError {
         RuncError::Failed {
-            binary: self.binary.clone(),
+            binary: self.config.binary.clone(),
             action,
             id: id.to_owned(),
             status,

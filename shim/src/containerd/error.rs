@@ -2,6 +2,7 @@
 
 use containerd_shim::protos::ttrpc;
 
+use super::options::OptionsError;
 use super::state::IllegalMove;
 use super::stdio::StdioError;
 use crate::bundle::BundleError;
@@ -19,6 +20,8 @@ pub enum TaskError {
     Bundle(#[from] BundleError),
     #[error(transparent)]
     Stdio(#[from] StdioError),
+    #[error(transparent)]
+    Options(#[from] OptionsError),
     #[error(transparent)]
     Illegal(#[from] IllegalMove),
     #[error(transparent)]
@@ -51,7 +54,7 @@ impl TaskError {
         match self {
             TaskError::NotFound(_) => ttrpc::Code::NOT_FOUND,
             TaskError::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
-            TaskError::InvalidArgument { .. } | TaskError::Bundle(_) => {
+            TaskError::InvalidArgument { .. } | TaskError::Bundle(_) | TaskError::Options(_) => {
                 ttrpc::Code::INVALID_ARGUMENT
             }
             TaskError::Stdio(StdioError::Unsupported(_)) | TaskError::Unimplemented(_) => {

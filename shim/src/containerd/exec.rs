@@ -94,6 +94,7 @@ impl ExecProcess {
             stdout,
             stderr,
             terminal: *terminal,
+            owner: task.io_owner,
         };
         let opened = stdio::open(&paths, &logger).await?;
         let reaper = task.runc.reaper();

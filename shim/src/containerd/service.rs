@@ -19,10 +19,10 @@ use nix::sys::signal::Signal;
 use super::error::TaskError;
 use super::events::{pack, Events, Exited};
 use super::exec::ExecProcess;
+use super::options::RuntimeOptions;
 use super::state::State;
 use super::task::Task;
 use crate::reaper::Reaper;
-use crate::runc::Runc;
 
 /// The protobuf package of the cgroup metrics Stats returns, for their type URL.
 const METRICS_PACKAGE: &str = "io.containerd.cgroups.v1";
@@ -33,12 +33,6 @@ pub struct Service {
     publisher: Arc<RemotePublisher>,
     reaper: Reaper,
     task: Mutex<Option<Arc<Task>>>,
-}
-
-/// Where a namespace's containers live in runc's state; `delete` (a fresh process) finds them
-/// there again.
-pub fn runc_root(namespace: &str) -> std::path::PathBuf {
-    std::path::Path::new("/run/containerd/lifecycle").join(namespace)
 }
 
 impl Service {
@@ -64,13 +58,15 @@ impl Service {
                 req.id
             )));
         }
-        let runc = Runc::new(
-            "runc".into(),
-            Some(runc_root(&self.namespace)),
-            self.reaper.clone(),
-        );
+        let options = RuntimeOptions::from_any(req.options.as_ref())?;
+        let bundle = std::path::Path::new(&req.bundle);
+        // Kept for the `delete` action, which must drive the same runc with the same root.
+        options
+            .save(bundle)
+            .map_err(TaskError::io("saving the runtime options in the bundle"))?;
+        let runc = options.runc(&self.namespace, bundle, self.reaper.clone());
         let events = Events::new(self.publisher.clone(), &self.namespace);
-        let task = Task::create(&req, runc, events).await?;
+        let task = Task::create(&req, runc, options.io_owner(), events).await?;
         let pid = task.pid as u32;
         *self.lock_task() = Some(task);
         Ok(CreateTaskResponse {

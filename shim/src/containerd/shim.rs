@@ -12,9 +12,9 @@ use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::{Config, DeleteResponse, Error, Flags, StartOpts};
 
 use super::events::timestamp;
-use super::service::{runc_root, Service};
+use super::options::RuntimeOptions;
+use super::service::Service;
 use crate::reaper::Reaper;
-use crate::runc::Runc;
 
 pub struct LifecycleShim {
     id: String,
@@ -59,7 +59,10 @@ impl Shim for LifecycleShim {
     /// is deleted, the rootfs unmounted, and the dead shim's socket removed.
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
         let reaper = Reaper::start().map_err(|e| Error::Other(e.to_string()))?;
-        let root = runc_root(&self.namespace);
+        let bundle = std::env::current_dir().map_err(|e| Error::Other(e.to_string()))?;
+        // The binary and root the task was created with.
+        let options = RuntimeOptions::load(&bundle).map_err(|e| Error::Other(e.to_string()))?;
+        let root = options.runc_root(&self.namespace);
         let helpers = format!("{}-lifecycle-", self.id);
         let mut ids: Vec<String> = std::fs::read_dir(&root)
             .into_iter()
@@ -69,15 +72,13 @@ impl Shim for LifecycleShim {
             .filter(|name| name.starts_with(&helpers))
             .collect();
         ids.push(self.id.clone());
-        let runc = Runc::new("runc".into(), Some(root), reaper);
+        let runc = options.runc(&self.namespace, &bundle, reaper);
         for id in &ids {
             if let Err(error) = runc.delete(id).await {
                 tracing::warn!(%error, "runc delete during cleanup");
             }
         }
-        let rootfs = std::env::current_dir()
-            .map_err(|e| Error::Other(e.to_string()))?
-            .join("rootfs");
+        let rootfs = bundle.join("rootfs");
         if let Err(error) = containerd_shim::mount::umount_recursive(rootfs.to_str(), 0) {
             tracing::warn!(%error, "unmounting the rootfs during cleanup");
         }

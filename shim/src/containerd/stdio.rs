@@ -34,6 +34,16 @@ pub struct StdioPaths<'a> {
     pub stdout: &'a str,
     pub stderr: &'a str,
     pub terminal: bool,
+    /// The runtime options' `IoUid`/`IoGid`: the owner of the fifos and pipes the process gets,
+    /// so that a process of that user can reopen them (`/dev/stdout`).
+    pub owner: Option<IoOwner>,
+}
+
+/// A uid and gid for a process's stdio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoOwner {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// What a process is started with, and where hook output for it goes.
@@ -60,13 +70,16 @@ pub async fn open(
             logger.reaper,
         )
         .await?;
+        for pipe in [&pipes.stdout, &pipes.stderr] {
+            chown(pipe, paths.owner).map_err(|e| open_error("stdout", paths.stdout, e))?;
+        }
         let sink = pipes
             .stderr
             .try_clone()
             .map_err(|e| open_error("stderr", paths.stdout, e))?;
         return Ok(OpenedStdio {
             io: ProcessIo {
-                stdin: open_stdin(paths.stdin)?,
+                stdin: open_stdin(paths)?,
                 stdout: Stdio::from(pipes.stdout),
                 stderr: Stdio::from(pipes.stderr),
                 console_socket: None,
@@ -75,7 +88,7 @@ pub async fn open(
             console: None,
         });
     }
-    let stdin = open_stdin(paths.stdin)?;
+    let stdin = open_stdin(paths)?;
     let (stdout, stderr, sink) = match (log_file(paths.stdout), log_file(paths.stderr)) {
         (Some(path), _) | (_, Some(path)) => {
             let file = OpenOptions::new()
@@ -101,12 +114,12 @@ pub async fn open(
             }
             let stdout = match paths.stdout {
                 "" => Stdio::null(),
-                path => Stdio::from(open_fifo("stdout", path, Direction::Write)?),
+                path => Stdio::from(open_fifo("stdout", path, Direction::Write, paths.owner)?),
             };
             let (stderr, sink) = match paths.stderr {
                 "" => (Stdio::null(), None),
                 path => {
-                    let fifo = open_fifo("stderr", path, Direction::Write)?;
+                    let fifo = open_fifo("stderr", path, Direction::Write, paths.owner)?;
                     let sink = fifo
                         .try_clone()
                         .map_err(|e| open_error("stderr", path, e))?;
@@ -132,13 +145,14 @@ pub async fn open(
 /// to the stdin and stdout fifos (a terminal has no separate stderr).
 fn open_terminal(paths: &StdioPaths<'_>) -> Result<OpenedStdio, StdioError> {
     let socket = ConsoleSocket::new().map_err(|e| open_error("console socket", "", e))?;
+    // The process gets the pty, not these: they stay the shim's.
     let stdin = match paths.stdin {
         "" => None,
-        path => Some(open_fifo("stdin", path, Direction::Read)?),
+        path => Some(open_fifo("stdin", path, Direction::Read, None)?),
     };
     let stdout = match paths.stdout {
         "" => None,
-        path => Some(open_fifo("stdout", path, Direction::Write)?),
+        path => Some(open_fifo("stdout", path, Direction::Write, None)?),
     };
     let hook_sink = match &stdout {
         Some(file) => Some(Sink::File(Arc::new(
@@ -170,11 +184,25 @@ pub struct LoggerContext<'a> {
     pub reaper: &'a Reaper,
 }
 
-fn open_stdin(path: &str) -> Result<Stdio, StdioError> {
-    Ok(match path {
+fn open_stdin(paths: &StdioPaths<'_>) -> Result<Stdio, StdioError> {
+    Ok(match paths.stdin {
         "" => Stdio::null(),
-        path => Stdio::from(open_fifo("stdin", path, Direction::Read)?),
+        path => Stdio::from(open_fifo("stdin", path, Direction::Read, paths.owner)?),
     })
+}
+
+/// Gives a fifo or pipe to the options' `IoUid`/`IoGid`, as runc's shim does with its pipes.
+/// Regular log files (`file://`) keep their owner.
+fn chown(fd: &impl std::os::fd::AsFd, owner: Option<IoOwner>) -> io::Result<()> {
+    let Some(IoOwner { uid, gid }) = owner else {
+        return Ok(());
+    };
+    nix::unistd::fchown(
+        fd,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .map_err(io::Error::from)
 }
 
 fn log_file(uri: &str) -> Option<&str> {
@@ -188,7 +216,12 @@ enum Direction {
 
 /// Opens a fifo without blocking on the other end: containerd may open its side later (or, for
 /// stdin, never write). Read-write keeps a write open from failing when no reader is there yet.
-fn open_fifo(stream: &'static str, path: &str, direction: Direction) -> Result<File, StdioError> {
+fn open_fifo(
+    stream: &'static str,
+    path: &str,
+    direction: Direction,
+    owner: Option<IoOwner>,
+) -> Result<File, StdioError> {
     let mut options = OpenOptions::new();
     match direction {
         Direction::Read => options.read(true).custom_flags(libc::O_NONBLOCK),
@@ -205,6 +238,7 @@ fn open_fifo(stream: &'static str, path: &str, direction: Direction) -> Result<F
         nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags))
             .map_err(|e| open_error(stream, path, e.into()))?;
     }
+    chown(&file, owner).map_err(|e| open_error(stream, path, e))?;
     Ok(file)
 }
 

@@ -21,8 +21,9 @@ use super::console::Console;
 use super::error::TaskError;
 use super::events::{Events, ExitCell, Exited};
 use super::exec::ExecProcess;
+use super::leftovers::Leftovers;
 use super::state::{IllegalMove, State};
-use super::stdio::{self, LoggerContext, StdioPaths};
+use super::stdio::{self, IoOwner, LoggerContext, StdioPaths};
 use crate::bundle::{Bundle, SpecOrigin};
 use crate::container::{RuncContainer, SignalRoute};
 use crate::inits::run_inits;
@@ -43,10 +44,14 @@ pub struct Task {
     pub exit: ExitCell,
     /// The terminal, for a task created with one.
     pub console: Option<Console>,
+    /// The owner of its processes' stdio (runtime options `IoUid`/`IoGid`).
+    pub io_owner: Option<IoOwner>,
     plan: Plan,
     /// The container has a lifecycle spec; without one it behaves exactly as with runc's shim.
     hooks: bool,
     binds: Vec<crate::once::Bind>,
+    /// Without a PID namespace of its own, what is left at exit is killed first.
+    leftovers: Option<Leftovers>,
     sidecars: Sidecars,
     rootfs_mounted: bool,
     inner: Mutex<Inner>,
@@ -76,6 +81,7 @@ impl Task {
     pub async fn create(
         req: &CreateTaskRequest,
         runc: Runc,
+        io_owner: Option<IoOwner>,
         events: Events,
     ) -> Result<Arc<Task>, TaskError> {
         let bundle_path = PathBuf::from(&req.bundle);
@@ -97,6 +103,7 @@ impl Task {
             stdout: &req.stdout,
             stderr: &req.stderr,
             terminal: req.terminal,
+            owner: io_owner,
         };
         let created = async {
             let logger = LoggerContext {
@@ -107,7 +114,7 @@ impl Task {
             let opened = stdio::open(&paths, &logger).await?;
             let pid_file = bundle_path.join("init.pid");
             let since = runc.reaper().generation();
-            let log = bundle_path.join("runc.log");
+            let log = bundle_path.join("log.json");
             let create = async {
                 Ok(runc
                     .create(
@@ -180,9 +187,11 @@ impl Task {
             events,
             exit: ExitCell::new(),
             console,
+            io_owner,
             plan,
             hooks,
             binds: bundle.binds.clone(),
+            leftovers: bundle.shares_pid_namespace.then(|| Leftovers::of(pid)),
             sidecars,
             rootfs_mounted,
             inner: Mutex::new(Inner {
@@ -345,14 +354,15 @@ impl Task {
         self.signal(signal, all).await
     }
 
+    /// `runc kill`, as runc's shim signals a task; a container that is gone is NotFound.
     async fn signal(&self, signal: Signal, all: bool) -> Result<(), TaskError> {
-        if all {
-            return Ok(self.runc.kill(&self.id, signal, true).await?);
+        match self.runc.kill(&self.id, signal, all).await {
+            Err(error) if error.process_gone() => Err(TaskError::NotFound(format!(
+                "process {} already finished: {error}",
+                self.id
+            ))),
+            result => Ok(result?),
         }
-        self.runc
-            .reaper()
-            .kill(self.pid, signal)
-            .map_err(|errno| TaskError::NotFound(format!("process {}: {errno}", self.id)))
     }
 
     /// Runs the stop sequence unless it already runs.
@@ -405,6 +415,9 @@ impl Task {
     /// postStop run, the stream for hook output closed, exec processes end (containerd expects
     /// their exits before the init's), and the exit is recorded and published.
     async fn exited(&self, status: ExitStatus) {
+        if let Some(leftovers) = &self.leftovers {
+            leftovers.kill(&self.runc, &self.id).await;
+        }
         let (code, started, sink, stop_began) = {
             let mut inner = self.lock();
             let started = inner.entrypoint_started;
@@ -479,7 +492,11 @@ impl Task {
     /// published before its deletion.
     pub async fn delete(&self) -> Result<Exited, TaskError> {
         let next = self.state().delete()?;
-        let result = self.runc.delete(&self.id).await;
+        let result = match self.runc.delete_stopped(&self.id).await {
+            // runc refuses a container that still runs, e.g. one killed a moment ago.
+            Err(_) => self.runc.delete(&self.id).await,
+            deleted => deleted,
+        };
         let exited = self.exit.wait().await;
         if let Err(error) = result {
             tracing::warn!(%error, "runc delete failed");
