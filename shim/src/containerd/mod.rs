@@ -7,11 +7,13 @@ mod console;
 mod error;
 mod events;
 mod exec;
+mod info;
 mod leftovers;
 mod logbinary;
 mod options;
 mod service;
 mod shim;
+mod start;
 mod state;
 mod stdio;
 mod task;
@@ -34,7 +36,47 @@ pub fn invoked_as_shim(args: &[std::ffi::OsString]) -> bool {
     name || args.get(1).is_some_and(|a| a == "-namespace")
 }
 
+/// The shim's entry point: `-info`, `-v`, the `start` action here; the `delete` action and
+/// the long-running shim through the containerd-shim crate.
 pub fn main() -> ExitCode {
+    let args: Vec<_> = std::env::args_os().collect();
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(flags) => flags,
+        Err(error) => return fail(&error),
+    };
+    if flags.info {
+        return match info::info() {
+            Ok(bytes) => print(&bytes),
+            Err(error) => fail(&error),
+        };
+    }
+    if flags.version {
+        println!(
+            "{BINARY_NAME}:\n  Runtime: {RUNTIME_ID}\n  Version: {}",
+            env!("CARGO_PKG_VERSION")
+        );
+        return ExitCode::SUCCESS;
+    }
+    serve(flags)
+}
+
+/// Writes an answer for containerd on stdout.
+fn print(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+/// containerd shows a failed action's output: the error goes there.
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("{RUNTIME_ID}: {error}");
+    ExitCode::FAILURE
+}
+
+fn serve(flags: containerd_shim::Flags) -> ExitCode {
     // The crate's socket setup runs on tokio's blocking pool; its thread would linger 10 s
     // (tokio's default) in a shim that is otherwise idle on one thread.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -48,6 +90,12 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if flags.action == "start" {
+        return match runtime.block_on(start::start(&flags)) {
+            Ok(reply) => print(&reply),
+            Err(error) => fail(&error),
+        };
+    }
     let config = Config {
         // The shim's own reaper is the only one (see crate::reaper); its logging goes to
         // containerd's log fifo through tracing.

@@ -252,6 +252,14 @@ impl RuntimeOptions {
         })
     }
 
+    /// `BinaryName`, or `runc` from PATH.
+    pub fn runc_binary(&self) -> &str {
+        match self.binary_name.as_str() {
+            "" => "runc",
+            name => name,
+        }
+    }
+
     /// runc's root for a namespace: `<Root or the default>/<namespace>`.
     pub fn runc_root(&self, namespace: &str) -> PathBuf {
         let root = match self.root.as_str() {
@@ -264,12 +272,8 @@ impl RuntimeOptions {
     /// The runtime driver these options describe, logging to the bundle's `log.json` as
     /// runc's shim does.
     pub fn runc(&self, namespace: &str, bundle: &Path, reaper: Reaper) -> Runc {
-        let binary = match self.binary_name.as_str() {
-            "" => "runc",
-            name => name,
-        };
         let config = RuncConfig {
-            binary: binary.into(),
+            binary: self.runc_binary().into(),
             root: Some(self.runc_root(namespace)),
             log: Some(bundle.join("log.json")),
             systemd_cgroup: self.systemd_cgroup,

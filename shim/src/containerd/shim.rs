@@ -2,18 +2,17 @@
 //! print its address), the `delete` action (clean up after a shim that is gone), and the task
 //! service the long-running shim serves.
 
-use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
-use containerd_shim::asynchronous::util::write_str_to_file;
-use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::asynchronous::{ExitSignal, Shim};
 use containerd_shim::{Config, DeleteResponse, Error, Flags, StartOpts};
 
 use super::events::timestamp;
 use super::options::RuntimeOptions;
 use super::service::Service;
+use super::start::remove_socket;
 use crate::reaper::Reaper;
 
 pub struct LifecycleShim {
@@ -40,18 +39,12 @@ impl Shim for LifecycleShim {
         }
     }
 
-    /// One shim per container: the container id is the grouping. The address also goes into
-    /// the bundle's `address` file, which is how containerd finds the shim again after it
-    /// restarts.
-    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
-        let grouping = opts.id.clone();
-        let address = spawn(opts, &grouping, Vec::new()).await?;
-        // Whoever can connect controls the container: root's alone, whatever the umask.
-        let socket = address.trim_start_matches("unix://");
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::Other(format!("securing the socket {socket}: {e}")))?;
-        write_str_to_file("address", &address).await?;
-        Ok(address)
+    /// The start action never reaches the crate: containerd 2.3 changed its input, which the
+    /// crate cannot read (see [`super::start`]).
+    async fn start_shim(&mut self, _opts: StartOpts) -> Result<String, Error> {
+        Err(Error::Unimplemented(
+            "the start action is handled by containerd::start".into(),
+        ))
     }
 
     /// Runs as a fresh process in the bundle directory after the shim is gone: whatever runc
@@ -82,11 +75,11 @@ impl Shim for LifecycleShim {
         if let Err(error) = containerd_shim::mount::umount_recursive(rootfs.to_str(), 0) {
             tracing::warn!(%error, "unmounting the rootfs during cleanup");
         }
-        remove_socket(&containerd_shim::socket_address(
-            &self.address,
-            &self.namespace,
-            &self.id,
-        ));
+        // The address the start action recorded; the default place if it recorded none.
+        let address = std::fs::read_to_string(bundle.join("address")).unwrap_or_else(|_| {
+            containerd_shim::socket_address(&self.address, &self.namespace, &self.id)
+        });
+        remove_socket(&address);
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
             exited_at: Some(timestamp(std::time::SystemTime::now())).into(),
@@ -106,14 +99,5 @@ impl Shim for LifecycleShim {
         crate::logging::init_shim_log();
         let reaper = Reaper::start().expect("the shim must be able to reap its children");
         Service::new(&self.namespace, self.exit.clone(), publisher, reaper)
-    }
-}
-
-fn remove_socket(address: &str) {
-    let path = address.trim_start_matches("unix://");
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => tracing::warn!(%error, socket = path, "could not remove the shim's socket"),
     }
 }
