@@ -6,12 +6,16 @@
 mod containerd;
 #[path = "../support/image.rs"]
 mod image;
+#[path = "../support/recorder.rs"]
+mod recorder;
 #[path = "../support/mod.rs"]
 mod support;
 
 mod api;
 mod hardening;
 mod lifecycle;
+mod runcv2;
+mod start;
 
 use std::fs;
 use std::path::Path;
@@ -251,6 +255,11 @@ impl Env {
             self.containerd.log()
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The test's own directory, beside the rootfs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn markers(&self) -> std::path::PathBuf {

@@ -24,11 +24,14 @@ const SAVED: &str = "options.json";
 const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
 const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
+/// What containerd 1.6 and 1.7's client sends a runtime not named `io.containerd.runc*` for
+/// `WithNoPivotRoot`, `WithUIDOwner` and the like (`ctr run --uidmap`).
+const CREATE_OPTIONS_TYPE: &str = "containerd.linux.runc.CreateOptions";
 const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OptionsError {
-    #[error("runtime options of type {0:?} are not understood (containerd.runc.v1.Options and runtimeoptions.v1.Options are)")]
+    #[error("runtime options of type {0:?} are not understood (containerd.runc.v1.Options, runtimeoptions.v1.Options and containerd.linux.runc.CreateOptions are)")]
     UnknownType(String),
     #[error("runtime options of type {type_url}: {message}")]
     Undecodable { type_url: String, message: String },
@@ -68,6 +71,37 @@ pub struct CriRuntimeOptions {
     pub config_path: String,
     #[prost(bytes = "vec", tag = "3")]
     pub config_body: Vec<u8>,
+}
+
+/// containerd's `runtime/linux/runctypes` `CreateOptions` (1.6, 1.7).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreateOptions {
+    #[prost(bool, tag = "1")]
+    pub no_pivot_root: bool,
+    #[prost(bool, tag = "2")]
+    pub open_tcp: bool,
+    #[prost(bool, tag = "3")]
+    pub external_unix_sockets: bool,
+    #[prost(bool, tag = "4")]
+    pub terminal: bool,
+    #[prost(bool, tag = "5")]
+    pub file_locks: bool,
+    #[prost(string, repeated, tag = "6")]
+    pub empty_namespaces: Vec<String>,
+    #[prost(string, tag = "7")]
+    pub cgroups_mode: String,
+    #[prost(bool, tag = "8")]
+    pub no_new_keyring: bool,
+    #[prost(string, tag = "9")]
+    pub shim_cgroup: String,
+    #[prost(uint32, tag = "10")]
+    pub io_uid: u32,
+    #[prost(uint32, tag = "11")]
+    pub io_gid: u32,
+    #[prost(string, tag = "12")]
+    pub criu_work_path: String,
+    #[prost(string, tag = "13")]
+    pub criu_image_path: String,
 }
 
 /// The options this shim honours; everything else is refused when it is set.
@@ -124,6 +158,11 @@ impl RuntimeOptions {
                     .map_err(|e| undecodable(e.to_string()))?;
                 RuntimeOptions::from_runc(&options)
             }
+            CREATE_OPTIONS_TYPE => {
+                let options = <CreateOptions as prost::Message>::decode(any.value.as_slice())
+                    .map_err(|e| undecodable(e.to_string()))?;
+                RuntimeOptions::from_create(&options)
+            }
             RUNTIME_OPTIONS_TYPE => {
                 let options = <CriRuntimeOptions as prost::Message>::decode(any.value.as_slice())
                     .map_err(|e| undecodable(e.to_string()))?;
@@ -156,6 +195,32 @@ impl RuntimeOptions {
             shim_cgroup: options.shim_cgroup.clone(),
             io_uid: options.io_uid,
             io_gid: options.io_gid,
+        })
+    }
+
+    fn from_create(options: &CreateOptions) -> Result<RuntimeOptions, OptionsError> {
+        // Checkpoint and restore settings: this shim does neither.
+        for (set, name) in [
+            (options.open_tcp, "OpenTcp"),
+            (options.external_unix_sockets, "ExternalUnixSockets"),
+            (options.terminal, "Terminal"),
+            (options.file_locks, "FileLocks"),
+            (!options.empty_namespaces.is_empty(), "EmptyNamespaces"),
+            (!options.cgroups_mode.is_empty(), "CgroupsMode"),
+            (!options.criu_work_path.is_empty(), "CriuWorkPath"),
+            (!options.criu_image_path.is_empty(), "CriuImagePath"),
+        ] {
+            if set {
+                return Err(OptionsError::Unsupported(name));
+            }
+        }
+        Ok(RuntimeOptions {
+            no_pivot_root: options.no_pivot_root,
+            no_new_keyring: options.no_new_keyring,
+            shim_cgroup: options.shim_cgroup.clone(),
+            io_uid: options.io_uid,
+            io_gid: options.io_gid,
+            ..RuntimeOptions::default()
         })
     }
 
@@ -365,6 +430,37 @@ mod tests {
         let error =
             RuntimeOptions::from_any(Some(&cri_body("CriuWorkPath = \"/w\"\n"))).unwrap_err();
         assert!(error.to_string().contains("CriuWorkPath"), "{error}");
+    }
+
+    #[test]
+    fn the_create_options_of_containerd_1_6_clients_are_taken() {
+        let create = CreateOptions {
+            no_new_keyring: true,
+            io_uid: 100000,
+            io_gid: 100001,
+            ..Default::default()
+        };
+        let any = any(CREATE_OPTIONS_TYPE, prost::Message::encode_to_vec(&create));
+        let options = RuntimeOptions::from_any(Some(&any)).unwrap();
+        assert!(options.no_new_keyring && !options.no_pivot_root);
+        assert_eq!(
+            options.io_owner(),
+            Some(IoOwner {
+                uid: 100000,
+                gid: 100001
+            })
+        );
+        assert_eq!(options.runc_binary(), "runc");
+        let checkpointing = CreateOptions {
+            file_locks: true,
+            ..Default::default()
+        };
+        let any = self::any(
+            CREATE_OPTIONS_TYPE,
+            prost::Message::encode_to_vec(&checkpointing),
+        );
+        let error = RuntimeOptions::from_any(Some(&any)).unwrap_err();
+        assert!(error.to_string().contains("FileLocks"), "{error}");
     }
 
     #[test]

@@ -53,8 +53,12 @@ impl Shim for LifecycleShim {
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
         let reaper = Reaper::start().map_err(|e| Error::Other(e.to_string()))?;
         let bundle = std::env::current_dir().map_err(|e| Error::Other(e.to_string()))?;
-        // The binary and root the task was created with.
-        let options = RuntimeOptions::load(&bundle).map_err(|e| Error::Other(e.to_string()))?;
+        // The binary and root the task was created with; like runc's shim, this delete does
+        // without the systemd cgroup manager.
+        let options = RuntimeOptions {
+            systemd_cgroup: false,
+            ..RuntimeOptions::load(&bundle).map_err(|e| Error::Other(e.to_string()))?
+        };
         let root = options.runc_root(&self.namespace);
         let helpers = format!("{}-lifecycle-", self.id);
         let mut ids: Vec<String> = std::fs::read_dir(&root)

@@ -134,13 +134,9 @@ impl Task {
                     Err(error) => (Err(error), None),
                 },
             };
-            if let Err(error) = created {
-                // Never touch a container of that id that was already there.
-                if !matches!(&error, TaskError::Runc(e) if e.id_taken()) {
-                    let _ = runc.delete(&req.id).await;
-                }
-                return Err(error);
-            }
+            // What a failed runc create leaves, containerd's `delete` action removes, as with
+            // runc's shim.
+            created?;
             let pid = read_pid(&pid_file).ok_or(TaskError::Io {
                 what: "runc's pid file holds no pid",
                 source: std::io::ErrorKind::InvalidData.into(),
