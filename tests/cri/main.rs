@@ -10,6 +10,8 @@ mod containerd;
 mod cri;
 #[path = "../support/image.rs"]
 mod image;
+#[path = "../support/recorder.rs"]
+mod recorder;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -18,9 +20,12 @@ use std::path::PathBuf;
 
 use containerd::{containerd_prerequisites, Containerd};
 use cri::{Cri, Pod};
+use k8s_cri::v1::NamespaceMode;
 use serde_json::json;
 use support::sidecars::{AWAIT_LOGGER, LOGGER_SIDECAR};
 use support::{make_busybox_rootfs, prerequisites, read_lines, wait_until, write_executable};
+
+mod runcv2;
 
 const BUSYBOX: &str = "docker.io/library/lcs-busybox:test";
 const PAUSE: &str = "docker.io/library/lcs-pause:test";
@@ -37,6 +42,11 @@ struct Env {
 
 impl Env {
     fn new() -> Option<Env> {
+        Env::with_runtimes(|_| String::new())
+    }
+
+    /// With more runtime handlers: `runtimes` gives their TOML, given the test's directory.
+    fn with_runtimes(runtimes: impl FnOnce(&std::path::Path) -> String) -> Option<Env> {
         if !(prerequisites() && containerd_prerequisites()) {
             return None;
         }
@@ -53,7 +63,7 @@ impl Env {
             "#!/bin/sh\ntrap 'exit 0' TERM INT\nwhile :; do sleep 3600 & wait $!; done\n",
         );
         std::fs::create_dir(dir.path().join("markers")).unwrap();
-        let containerd = Containerd::start_cri(PAUSE);
+        let containerd = Containerd::start_cri_with(PAUSE, &runtimes(dir.path()));
         image::import(&containerd, BUSYBOX, &rootfs, &["sh"]);
         image::import(&containerd, PAUSE, &rootfs, &["/pause"]);
         let cri = Cri::connect(&containerd.cri_socket());
@@ -89,6 +99,7 @@ impl Env {
                 .map(|(key, spec)| (key.to_string(), spec.to_string()))
                 .collect::<HashMap<_, _>>(),
             log_directory,
+            pid: NamespaceMode::Pod,
         }
     }
 

@@ -70,14 +70,20 @@ pub struct Containerd {
 impl Containerd {
     /// Writes the config, starts containerd and waits until it answers.
     pub fn start() -> Containerd {
-        Containerd::start_with(None)
+        Containerd::start_with(None, "")
     }
 
     /// With containerd's CRI plugin, serving a `lifecycle` runtime handler (this shim, with
     /// `pod_annotations = ["lifecycle-shim/*"]`) beside the default `runc`; pods use the host
     /// network, so no CNI plugin is needed. Its namespace is the CRI plugin's `k8s.io`.
     pub fn start_cri(sandbox_image: &str) -> Containerd {
-        Containerd::start_with(Some(sandbox_image))
+        Containerd::start_with(Some(sandbox_image), "")
+    }
+
+    /// The same, with more runtime handlers: `runtimes` is TOML of
+    /// `[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.<name>]` tables.
+    pub fn start_cri_with(sandbox_image: &str, runtimes: &str) -> Containerd {
+        Containerd::start_with(Some(sandbox_image), runtimes)
     }
 
     /// The CRI socket (the same grpc socket).
@@ -85,7 +91,7 @@ impl Containerd {
         self.address()
     }
 
-    fn start_with(sandbox_image: Option<&str>) -> Containerd {
+    fn start_with(sandbox_image: Option<&str>, runtimes: &str) -> Containerd {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let namespace = match sandbox_image {
             Some(_) => "k8s.io".to_owned(),
@@ -157,6 +163,7 @@ disabled_plugins = [{disabled}]
 "#,
                 cni = cni.display()
             ));
+            config.push_str(runtimes);
         }
         fs::write(dir.path().join("config.toml"), config).unwrap();
         let mut containerd = Containerd {

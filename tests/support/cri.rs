@@ -9,10 +9,10 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerFilter, ContainerMetadata, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest, Mount,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    ListContainersRequest, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -29,6 +29,9 @@ pub struct Pod {
     pub handler: String,
     pub annotations: HashMap<String, String>,
     pub log_directory: PathBuf,
+    /// The PID namespace of its containers: the pod's (shared, critest's default) or each
+    /// container's own (the kubelet's default).
+    pub pid: NamespaceMode,
 }
 
 impl Pod {
@@ -47,14 +50,20 @@ impl Pod {
             annotations: self.annotations.clone(),
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
-                        ..Default::default()
-                    }),
+                    namespace_options: Some(self.namespaces()),
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
+            ..Default::default()
+        }
+    }
+
+    /// The namespaces of the sandbox and of each container, as the kubelet sends them.
+    fn namespaces(&self) -> NamespaceOption {
+        NamespaceOption {
+            network: NamespaceMode::Node as i32,
+            pid: self.pid as i32,
             ..Default::default()
         }
     }
@@ -129,7 +138,13 @@ impl Cri {
                 })
                 .collect(),
             log_path: format!("{name}.log"),
-            linux: Some(LinuxContainerConfig::default()),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(pod.namespaces()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let request = CreateContainerRequest {

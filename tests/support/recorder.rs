@@ -109,7 +109,8 @@ pub fn normalize(args: &[String], ids: &[&str]) -> Vec<String> {
     out
 }
 
-/// A bundle's config with ids and the bundle's own paths replaced, as in [`normalize`].
+/// A bundle's config with ids, and the pids in paths to other containers' namespaces
+/// (`/proc/<pid>/ns/...`), replaced.
 pub fn normalize_config(config: &Value, ids: &[&str]) -> Value {
     match config {
         Value::String(s) => Value::String(normalize_text(s, ids)),
@@ -130,7 +131,19 @@ fn normalize_text(text: &str, ids: &[&str]) -> String {
     for id in ids {
         text = text.replace(id, "<id>");
     }
-    replace_hex_ids(&text)
+    replace_proc_pids(&replace_hex_ids(&text))
+}
+
+/// `/proc/1234/ns/pid` becomes `/proc/<pid>/ns/pid`.
+fn replace_proc_pids(text: &str) -> String {
+    let Some(rest) = text.strip_prefix("/proc/") else {
+        return text.to_owned();
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return text.to_owned();
+    }
+    format!("/proc/<pid>{}", &rest[digits..])
 }
 
 /// Replaces every run of exactly 64 lowercase hex digits (CRI's ids) with `<id>`.

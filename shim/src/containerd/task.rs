@@ -327,12 +327,15 @@ impl Task {
         }
         let state = self.state();
         match state {
-            State::Stopped | State::Deleted => {
+            State::Deleted => {
                 return Err(TaskError::NotFound(format!(
                     "process {} already finished",
                     self.id
                 )))
             }
+            // runc is asked all the same, as runc's shim does: containerd's SIGKILL with `all`
+            // before a delete still reaches whatever is left in the container's cgroup.
+            State::Stopped => return self.signal(signal, all).await,
             State::Starting => {
                 // The entrypoint has not run: there is nothing to stop gracefully.
                 self.abort(|inner| inner.lifecycle.take());
