@@ -139,7 +139,21 @@ struct Start<'a> {
     id: String,
 }
 
-impl Start<'_> {
+impl<'a> Start<'a> {
+    /// A start of a new task, with its own bundle directory under `dir`.
+    fn new(containerd: &'a Containerd, dir: &Path, namespace: &'a str) -> Start<'a> {
+        let id = unique_id();
+        let bundle = dir.join(&id);
+        std::fs::create_dir(&bundle).unwrap();
+        Start {
+            containerd,
+            link: shim_link(dir),
+            bundle,
+            namespace,
+            id,
+        }
+    }
+
     fn command(&self, release: Release) -> Command {
         let mut command = Command::new(&self.link);
         command
@@ -276,20 +290,11 @@ fn every_release_starts_serves_and_deletes_the_shim() {
     }
     let containerd = Containerd::start();
     let dir = tempfile::tempdir().unwrap();
-    let link = shim_link(dir.path());
     let options = runc_options("", "");
     for release in RELEASES {
         for namespace in ["default", "k8s.io", "team-a"] {
             for stdin in [None, Some(options.as_slice())] {
-                let bundle = dir.path().join(unique_id());
-                std::fs::create_dir(&bundle).unwrap();
-                let start = Start {
-                    containerd: &containerd,
-                    link: link.clone(),
-                    id: bundle.file_name().unwrap().to_string_lossy().into_owned(),
-                    bundle,
-                    namespace,
-                };
+                let start = Start::new(&containerd, dir.path(), namespace);
                 let what = format!("{release:?} {namespace} options: {}", stdin.is_some());
                 let out = start.run(release, stdin);
                 assert!(
@@ -335,18 +340,9 @@ fn a_failed_start_leaves_no_process_and_no_socket() {
     }
     let containerd = Containerd::start();
     let dir = tempfile::tempdir().unwrap();
-    let link = shim_link(dir.path());
     let options = runc_options(&format!("/lcs-no-such-cgroup-{}", std::process::id()), "");
     for release in RELEASES {
-        let bundle = dir.path().join(unique_id());
-        std::fs::create_dir(&bundle).unwrap();
-        let start = Start {
-            containerd: &containerd,
-            link: link.clone(),
-            id: bundle.file_name().unwrap().to_string_lossy().into_owned(),
-            bundle,
-            namespace: "default",
-        };
+        let start = Start::new(&containerd, dir.path(), "default");
         let out = start.run(release, Some(&options));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{release:?}: the start succeeded");

@@ -9,13 +9,15 @@ use std::path::Path;
 use k8s_cri::v1::{ContainerState, NamespaceMode};
 
 use crate::recorder::{normalize, normalize_config, Recorder};
-use crate::support::wait_until;
+use crate::support::{processes_with_args, wait_until};
 use crate::{Env, LIFECYCLE, RUNC};
 
 const GO_RECORDED: &str = "runc-recorded";
 const OUR_RECORDED: &str = "lifecycle-recorded";
 
-/// Two more handlers, each with runc's options and a recording `BinaryName`.
+/// Two more handlers, each with runc's options and a recording `BinaryName`. containerd 1.6
+/// hands ours only a `ConfigPath`; 1.7 and later also the table itself (`ConfigBody`), which
+/// is then what is tested (when this suite runs against such a containerd).
 fn recorded_runtimes(dir: &Path) -> String {
     let root = dir.join("runc-root").display().to_string();
     let options = |recorder: &Recorder| {
@@ -26,15 +28,32 @@ fn recorded_runtimes(dir: &Path) -> String {
     };
     let go = Recorder::new(&dir.join(GO_RECORDED));
     let ours = Recorder::new(&dir.join(OUR_RECORDED));
-    let config_path = dir.join("lifecycle-options.toml");
-    std::fs::write(&config_path, options(&ours)).unwrap();
+    let our_options = if containerd_version() < (1, 7) {
+        let config_path = dir.join("lifecycle-options.toml");
+        std::fs::write(&config_path, options(&ours)).unwrap();
+        format!("ConfigPath = {:?}\n", config_path.display().to_string())
+    } else {
+        options(&ours)
+    };
     let table = "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes";
     format!(
         "{table}.{GO_RECORDED}]\n  runtime_type = \"io.containerd.runc.v2\"\n{table}.{GO_RECORDED}.options]\n{}\
-         {table}.{OUR_RECORDED}]\n  runtime_type = \"io.containerd.lifecycle.v2\"\n{table}.{OUR_RECORDED}.options]\n  ConfigPath = {:?}\n",
+         {table}.{OUR_RECORDED}]\n  runtime_type = \"io.containerd.lifecycle.v2\"\n{table}.{OUR_RECORDED}.options]\n{our_options}",
         options(&go),
-        config_path.display().to_string()
     )
+}
+
+/// The major and minor version of the `containerd` on PATH.
+fn containerd_version() -> (u32, u32) {
+    let out = std::process::Command::new("containerd")
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(2).unwrap_or_default();
+    let mut parts = version.split(|c: char| !c.is_ascii_digit());
+    let mut next = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (next(), next())
 }
 
 /// A pod's life as the kubelet drives it: run, create, start, exec, stop, remove.
@@ -102,31 +121,17 @@ fn leaves_a_process(env: &Env, handler: &str, pid: NamespaceMode) -> (i32, Strin
     wait_until("the container has exited", || {
         env.cri.container_status(&ids[0]).state == ContainerState::ContainerExited as i32
     });
-    let left = !processes_named(&["sleep", "4343"]).is_empty();
+    let left = !processes_with_args(&["sleep", "4343"]).is_empty();
     let code = env.cri.container_status(&ids[0]).exit_code;
     if handler == RUNC {
         // The Go shim sends the SIGKILL and does not wait for it to take effect.
         wait_until("the Go shim's SIGKILL took effect", || {
-            processes_named(&["sleep", "4343"]).is_empty()
+            processes_with_args(&["sleep", "4343"]).is_empty()
         });
     }
     let log = env.container_log(&pod, "app");
     env.remove(&pod_id, &ids);
     (code, log, left && handler != RUNC)
-}
-
-/// Processes whose command line is exactly `args`.
-fn processes_named(args: &[&str]) -> Vec<String> {
-    let wanted: Vec<u8> = args
-        .iter()
-        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
-        .collect();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == wanted))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
 }
 
 #[test]

@@ -392,6 +392,20 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Processes whose command line is exactly `args`.
+pub fn processes_with_args(args: &[&str]) -> Vec<String> {
+    let wanted: Vec<u8> = args
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == wanted))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// Children of `pid` that have exited and not been reaped.
 pub fn zombie_children(pid: i32) -> Vec<String> {
     let mut zombies = Vec::new();
