@@ -410,3 +410,45 @@ fn info_reports_the_runtime_and_the_features_of_its_runc() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/runc"));
 }
+
+/// containerd asking again for a task whose shim serves gets that shim's address, and the
+/// shim goes on serving (as runc's shim answers).
+#[test]
+fn a_second_start_of_a_served_task_answers_with_the_same_shim() {
+    if !ready() {
+        return;
+    }
+    let containerd = Containerd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let start = Start::new(&containerd, dir.path(), "default");
+    let first = start.run(Release::V1_6, None);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let address = start.address(Release::V1_6, &first.stdout);
+    let processes = start.processes();
+    assert_eq!(processes.len(), 1, "{processes:?}");
+    for release in RELEASES {
+        let again = start.run(release, None);
+        assert!(
+            again.status.success(),
+            "{release:?}: {}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        assert_eq!(
+            start.address(release, &again.stdout),
+            address,
+            "{release:?}"
+        );
+        assert_eq!(start.processes(), processes, "{release:?}");
+    }
+    assert_eq!(
+        connect_and_shut_down(&address, &start.id).trim(),
+        "containerd-shim"
+    );
+    assert!(start.delete(Release::V1_6).status.success());
+    wait_until("the shim has exited", || start.processes().is_empty());
+    assert!(!Path::new(address.trim_start_matches("unix://")).exists());
+}
