@@ -38,7 +38,7 @@ impl Runtime {
         ];
         flags.extend(extra.iter().map(|f| f.to_string()));
         Runtime {
-            name: "io.containerd.runc.v2",
+            name: RUNC_RUNTIME,
             flags,
             recorder,
         }
@@ -59,7 +59,7 @@ impl Runtime {
         )
         .unwrap();
         Runtime {
-            name: "io.containerd.lifecycle.v2",
+            name: LIFECYCLE_RUNTIME,
             flags: vec![
                 "--runtime".into(),
                 LIFECYCLE_RUNTIME.into(),
@@ -303,6 +303,12 @@ fn a_shared_pid_namespace_leaves_no_process_and_loses_no_output() {
                 "{} {id}",
                 runtime.name
             );
+            if runtime.name == RUNC_RUNTIME {
+                // The Go shim sends the SIGKILL and does not wait for it to take effect.
+                wait_until("the Go shim's SIGKILL took effect", || {
+                    processes_with_args(&sleeper).is_empty()
+                });
+            }
             assert!(
                 processes_with_args(&sleeper).is_empty(),
                 "{} {id}: sleep 4242 outlived the task",
