@@ -77,7 +77,9 @@ impl ExecProcess {
     }
 
     pub async fn start(self: &Arc<Self>, task: &Arc<Task>) -> Result<i32, TaskError> {
-        let next = self.state().start()?.started()?;
+        // Refused before anything is done; applied once the process runs.
+        let start = |state: State| state.start()?.started();
+        start(self.state())?;
         let dir = task.state_dir();
         let process = dir.join(format!("exec-{}.json", self.id));
         std::fs::write(&process, &self.process)
@@ -120,7 +122,7 @@ impl ExecProcess {
         {
             let mut inner = self.lock();
             inner.pid = pid;
-            inner.state = next;
+            inner.state.apply(start)?;
             inner.console = console;
         }
         let event = TaskExecStarted {
@@ -143,8 +145,8 @@ impl ExecProcess {
     async fn exited(&self, task: &Task, exited: Exited) {
         let pid = {
             let mut inner = self.lock();
-            if let Ok(state) = inner.state.exit() {
-                inner.state = state;
+            if let Err(error) = inner.state.apply(State::exit) {
+                tracing::error!(exec = %self.id, %error, "exec process exited");
             }
             inner.pid
         };
@@ -191,7 +193,7 @@ impl ExecProcess {
     /// An exec that never started can go at once; a started one once it has exited.
     pub fn delete(&self) -> Result<Option<Exited>, TaskError> {
         let mut inner = self.lock();
-        inner.state = inner.state.delete()?;
+        inner.state.apply(State::delete)?;
         Ok(self.exit.get())
     }
 

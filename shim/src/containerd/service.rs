@@ -195,12 +195,7 @@ impl Service {
 
     async fn exec_process(&self, req: ExecProcessRequest) -> Result<(), TaskError> {
         let task = self.task(&req.id)?;
-        if !matches!(task.state(), State::Running | State::Starting) {
-            return Err(TaskError::Illegal(super::state::IllegalMove {
-                action: "exec in",
-                state: task.state(),
-            }));
-        }
+        task.state().exec()?;
         task.add_exec(&req).await
     }
 

@@ -31,8 +31,23 @@ impl State {
         self.require("start", &[State::Created], State::Starting)
     }
 
+    /// The entrypoint has started. A quick one may already have ended (and been recorded as
+    /// stopped) while `runc start` returned: it stays stopped.
     pub fn started(self) -> Result<State, IllegalMove> {
-        self.require("run", &[State::Starting], State::Running)
+        match self {
+            State::Stopped => Ok(State::Stopped),
+            _ => self.require("run", &[State::Starting], State::Running),
+        }
+    }
+
+    /// `runc start` failed: the process is still only created.
+    pub fn start_failed(self) -> Result<State, IllegalMove> {
+        self.require("fail to start", &[State::Starting], State::Created)
+    }
+
+    /// Whether a process may be exec'd in: once Start was called and until it ends. Not a move.
+    pub fn exec(self) -> Result<State, IllegalMove> {
+        self.require("exec in", &[State::Starting, State::Running], self)
     }
 
     pub fn pause(self) -> Result<State, IllegalMove> {
@@ -59,6 +74,16 @@ impl State {
 
     pub fn delete(self) -> Result<State, IllegalMove> {
         self.require("delete", &[State::Created, State::Stopped], State::Deleted)
+    }
+
+    /// Moves this state by `transition`, the one way a state changes: every move is checked
+    /// against the state as it is at that moment, and applied once.
+    pub fn apply(
+        &mut self,
+        transition: impl FnOnce(State) -> Result<State, IllegalMove>,
+    ) -> Result<State, IllegalMove> {
+        *self = transition(*self)?;
+        Ok(*self)
     }
 
     fn require(
@@ -128,5 +153,26 @@ mod tests {
         assert!(State::Running.delete().is_err());
         assert!(State::Created.pause().is_err());
         assert!(State::Deleted.exit().is_err());
+        assert!(State::Created.exec().is_err());
+        assert!(State::Stopped.exec().is_err());
+        assert!(State::Running.start_failed().is_err());
+    }
+
+    #[test]
+    fn a_start_racing_the_exit_and_a_failed_start_are_moves_of_their_own() {
+        // The entrypoint ended while runc start returned: it stays stopped.
+        assert_eq!(State::Stopped.started().unwrap(), State::Stopped);
+        assert_eq!(State::Starting.start_failed().unwrap(), State::Created);
+        assert_eq!(State::Starting.exec().unwrap(), State::Starting);
+        assert_eq!(State::Running.exec().unwrap(), State::Running);
+    }
+
+    #[test]
+    fn apply_changes_the_state_only_on_a_legal_move() {
+        let mut state = State::Created;
+        assert_eq!(state.apply(State::start).unwrap(), State::Starting);
+        assert_eq!(state, State::Starting);
+        assert!(state.apply(State::pause).is_err());
+        assert_eq!(state, State::Starting, "an illegal move changes nothing");
     }
 }

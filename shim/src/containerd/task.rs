@@ -236,24 +236,13 @@ impl Task {
     /// that case: the init containers run in the background and may take longer than
     /// containerd's Start deadline.
     pub async fn start(self: &Arc<Self>) -> Result<(), TaskError> {
-        self.state().start()?;
-        let no_inits = self.plan.init_containers.is_empty();
-        if no_inits {
-            self.start_entrypoint().await?;
-        }
-        {
-            // Applied to the state as it is now: a quick entrypoint may already have exited,
-            // and been recorded as stopped, while runc start returned.
-            let mut inner = self.lock();
-            let next = inner.state.start();
-            let next = if no_inits {
-                next.and_then(State::started)
-            } else {
-                next
-            };
-            if let Ok(next) = next {
-                inner.state = next;
+        self.lock().state.apply(State::start)?;
+        if self.plan.init_containers.is_empty() {
+            if let Err(error) = self.start_entrypoint().await {
+                self.lock().state.apply(State::start_failed)?;
+                return Err(error.into());
             }
+            self.lock().state.apply(State::started)?;
         }
         let event = TaskStart {
             container_id: self.id.clone(),
@@ -285,10 +274,14 @@ impl Task {
                 let _ = self.runc.reaper().kill(self.pid, Signal::SIGKILL);
                 return;
             }
-            let mut inner = self.lock();
-            match inner.state.started() {
-                Ok(state) => inner.state = state,
-                Err(_) => return,
+            match self.lock().state.apply(State::started) {
+                Ok(State::Running) => {}
+                // It ended already (a Kill during the init containers): nothing more to do.
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::error!(container = %self.id, %error, "entrypoint started");
+                    return;
+                }
             }
         }
         if !self.hooks {
@@ -420,8 +413,9 @@ impl Task {
         let (code, started, sink, stop_began) = {
             let mut inner = self.lock();
             let started = inner.entrypoint_started;
-            if let Ok(state) = inner.state.exit() {
-                inner.state = state;
+            // The init exits once; its exit is the only move out of a living state.
+            if let Err(error) = inner.state.apply(State::exit) {
+                tracing::error!(container = %self.id, %error, "init process exited");
             }
             for handle in [inner.lifecycle.take(), inner.stop.take()]
                 .into_iter()
@@ -490,7 +484,8 @@ impl Task {
     /// Deletes the container; a task deleted before it ran is stopped first, so its exit is
     /// published before its deletion.
     pub async fn delete(&self) -> Result<Exited, TaskError> {
-        let next = self.state().delete()?;
+        // Refused before anything is done; applied once it is.
+        self.state().delete()?;
         let result = match self.runc.delete_stopped(&self.id).await {
             // runc refuses a container that still runs, e.g. one killed a moment ago.
             Err(_) => self.runc.delete(&self.id).await,
@@ -503,7 +498,7 @@ impl Task {
         if self.rootfs_mounted {
             unmount(&self.bundle.join("rootfs"));
         }
-        self.lock().state = next;
+        self.lock().state.apply(State::delete)?;
         Ok(exited)
     }
 
@@ -517,9 +512,10 @@ impl Task {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(), RuncError>>,
     {
-        let next = transition(self.state())?;
+        // Refused before runc is called; applied to the state as it is once runc is done.
+        transition(self.state())?;
         action().await?;
-        self.lock().state = next;
+        self.lock().state.apply(transition)?;
         Ok(())
     }
 
