@@ -17,10 +17,10 @@ use crate::bundle::{Bundle, BundleError};
 use crate::container::{RuncContainer, SignalRoute};
 use crate::inits::run_inits;
 use crate::output::Sink;
-use crate::pidfile::{read_pid, PidFileWatch, Started};
+use crate::pidfile::{PidFileWatch, Started};
 use crate::poststop::run_post_stop;
 use crate::reaper::{Exit, Reaper};
-use crate::runc::{ProcessIo, Runc, RuncConfig, RuncError, Until};
+use crate::runc::{Launched, ProcessIo, Runc, RuncConfig, RuncError, Until};
 use crate::sidecar::{SidecarHost, Sidecars};
 use crate::status::{status_path, StatusFile};
 
@@ -185,32 +185,27 @@ impl Launch {
     /// created container, then `runc start`; the container is deleted on every path.
     async fn created(&self, plan: &Plan, stops: &mut StopRequests) -> Result<Ran, RunError> {
         let pid_file = self.state.join("init.pid");
-        let reaper = self.runc.reaper();
-        let since = reaper.generation();
-        if let Err(error) = self
-            .runc
-            .create(
-                Until::Created,
-                &self.id,
-                &self.bundle,
-                &pid_file,
-                &self.state.join("runc.log"),
-                ProcessIo::inherit(),
-            )
-            .await
-        {
-            // runc may have got part of the way; never touch a container that was already there.
-            if !error.id_taken() {
-                self.delete().await;
+        let log = self.state.join("runc.log");
+        let create = self.runc.create(
+            Until::Created,
+            &self.id,
+            &self.bundle,
+            &pid_file,
+            &log,
+            ProcessIo::inherit(),
+        );
+        let Launched { pid, mut exit } = match self.runc.launched(&pid_file, create).await {
+            Ok(((), launched)) => launched,
+            Err(error) => {
+                // runc may have got part of the way; never touch a container that was already
+                // there.
+                if !error.id_taken() {
+                    self.delete().await;
+                }
+                return Err(error.into());
             }
-            return Err(error.into());
-        }
+        };
         let result = async {
-            let pid = read_pid(&pid_file).ok_or(RunError::Io {
-                what: "runc's pid file holds no pid",
-                source: std::io::ErrorKind::InvalidData.into(),
-            })?;
-            let mut exit = reaper.watch(pid, since);
             let container = RuncContainer::new(
                 &self.runc,
                 &self.id,

@@ -2,6 +2,7 @@
 //! spawned through the [`Reaper`] in its own process group, so a terminal's Ctrl-C reaches only
 //! the shim and a timed-out exec can be killed as a group.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -13,6 +14,7 @@ use nix::sys::signal::Signal;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
+use crate::pidfile::read_pid;
 use crate::reaper::{Exit, Reaper};
 
 /// How much of runc's stderr is kept for an error message.
@@ -30,6 +32,8 @@ pub enum RuncError {
         status: ExitStatus,
         message: String,
     },
+    #[error("the OCI runtime wrote no pid to {path:?}")]
+    NoPid { path: PathBuf },
 }
 
 impl RuncError {
@@ -74,6 +78,12 @@ impl ProcessIo {
             .stdout(self.stdout)
             .stderr(self.stderr);
     }
+}
+
+/// A process runc left running in a container: its host pid and its exit.
+pub struct Launched {
+    pub pid: i32,
+    pub exit: Exit,
 }
 
 /// How far [`Runc::create`] takes a container.
@@ -123,6 +133,24 @@ impl Runc {
 
     pub fn reaper(&self) -> &Reaper {
         &self.reaper
+    }
+
+    /// Runs `action`, a runc call that leaves a process running and writes its pid to
+    /// `pid_file` (create, run --detach, exec --detach), and returns its result with that
+    /// process. The exit is claimed from before the action began: if the process ends at once,
+    /// before its pid is known, the reaper keeps its status for this watch instead of losing it.
+    pub async fn launched<T, E: From<RuncError>>(
+        &self,
+        pid_file: &Path,
+        action: impl Future<Output = Result<T, E>>,
+    ) -> Result<(T, Launched), E> {
+        let since = self.reaper.generation();
+        let value = action.await?;
+        let pid = read_pid(pid_file).ok_or_else(|| RuncError::NoPid {
+            path: pid_file.to_owned(),
+        })?;
+        let exit = self.reaper.watch(pid, since);
+        Ok((value, Launched { pid, exit }))
     }
 
     /// Creates the container (`runc create`), or creates and starts it (`runc run --detach`),

@@ -21,9 +21,8 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::derived::BaseBundle;
 use crate::output::{HookOutput, Sink};
-use crate::pidfile::read_pid;
 use crate::reaper::Exit;
-use crate::runc::{ProcessIo, Runc, RuncError, Until};
+use crate::runc::{Launched, ProcessIo, Runc, RuncError, Until};
 
 /// The pause before a sidecar that exited is started again. It doubles with each restart up to
 /// [`MAX_BACKOFF`], and starts over after a run that lasted at least that long.
@@ -196,7 +195,6 @@ impl Sidecar {
     /// `runc run --detach`; returns the sidecar's init and its exit.
     async fn launch(&self) -> Result<(i32, Exit), SidecarError> {
         let runc = &self.host.runc;
-        let since = runc.reaper().generation();
         let pid_file = self.dir.join("pid");
         let stdout = self
             .writer
@@ -213,20 +211,16 @@ impl Sidecar {
             console_socket: None,
         };
         let log = self.dir.join("runc.log");
-        if let Err(error) = runc
-            .create(Until::Started, &self.run_id, &self.dir, &pid_file, &log, io)
-            .await
-        {
-            if !error.id_taken() {
-                self.delete().await;
+        let run = runc.create(Until::Started, &self.run_id, &self.dir, &pid_file, &log, io);
+        match runc.launched(&pid_file, run).await {
+            Ok(((), Launched { pid, exit })) => Ok((pid, exit)),
+            Err(error) => {
+                if !error.id_taken() {
+                    self.delete().await;
+                }
+                Err(error.into())
             }
-            return Err(error.into());
         }
-        let pid = read_pid(&pid_file).ok_or(SidecarError::Io {
-            what: "runc's pid file holds no pid",
-            source: io::ErrorKind::InvalidData.into(),
-        })?;
-        Ok((pid, runc.reaper().watch(pid, since)))
     }
 
     /// Runs the sidecar until it is stopped, restarting it with backoff when it exits. The

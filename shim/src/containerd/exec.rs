@@ -14,7 +14,7 @@ use super::events::{ExitCell, Exited};
 use super::state::State;
 use super::stdio::{self, LoggerContext, StdioPaths};
 use super::task::Task;
-use crate::pidfile::read_pid;
+use crate::runc::Launched;
 
 pub struct ExecProcess {
     pub id: String,
@@ -99,8 +99,6 @@ impl ExecProcess {
             owner: task.io_owner,
         };
         let opened = stdio::open(&paths, &logger).await?;
-        let reaper = task.runc.reaper();
-        let since = reaper.generation();
         let log = dir.join(format!("exec-{}.log", self.id));
         let exec = async {
             Ok(task
@@ -108,17 +106,15 @@ impl ExecProcess {
                 .exec_detached(&task.id, &process, &pid_file, &log, opened.io)
                 .await?)
         };
-        let started = match opened.console {
-            None => exec.await.map(|()| None),
-            Some(pending) => pending.attach_during(exec).await.map(|((), c)| Some(c)),
+        let attached = async {
+            match opened.console {
+                None => exec.await.map(|()| None),
+                Some(pending) => pending.attach_during(exec).await.map(|((), c)| Some(c)),
+            }
         };
+        let launched = task.runc.launched(&pid_file, attached).await;
         let _ = std::fs::remove_file(&process);
-        let console = started?;
-        let pid = read_pid(&pid_file).ok_or(TaskError::Io {
-            what: "runc's exec pid file holds no pid",
-            source: std::io::ErrorKind::InvalidData.into(),
-        })?;
-        let exit = reaper.watch(pid, since);
+        let (console, Launched { pid, exit }) = launched?;
         {
             let mut inner = self.lock();
             inner.pid = pid;

@@ -28,9 +28,8 @@ use crate::bundle::{Bundle, SpecOrigin};
 use crate::container::{RuncContainer, SignalRoute};
 use crate::inits::run_inits;
 use crate::output::Sink;
-use crate::pidfile::read_pid;
 use crate::poststop::run_post_stop;
-use crate::runc::{Runc, RuncError, Until};
+use crate::runc::{Launched, Runc, RuncError, Until};
 use crate::sidecar::{SidecarHost, Sidecars};
 use crate::status::{status_path, StatusFile};
 
@@ -113,7 +112,6 @@ impl Task {
             };
             let opened = stdio::open(&paths, &logger).await?;
             let pid_file = bundle_path.join("init.pid");
-            let since = runc.reaper().generation();
             let log = bundle_path.join("log.json");
             let create = async {
                 Ok(runc
@@ -127,26 +125,16 @@ impl Task {
                     )
                     .await?)
             };
-            let (created, console) = match opened.console {
-                None => (create.await, None),
-                Some(pending) => match pending.attach_during(create).await {
-                    Ok(((), console)) => (Ok(()), Some(console)),
-                    Err(error) => (Err(error), None),
-                },
+            let attached = async {
+                match opened.console {
+                    None => create.await.map(|()| None),
+                    Some(pending) => pending.attach_during(create).await.map(|((), c)| Some(c)),
+                }
             };
             // What a failed runc create leaves, containerd's `delete` action removes, as with
             // runc's shim.
-            created?;
-            let pid = read_pid(&pid_file).ok_or(TaskError::Io {
-                what: "runc's pid file holds no pid",
-                source: std::io::ErrorKind::InvalidData.into(),
-            })?;
-            Ok((
-                pid,
-                runc.reaper().watch(pid, since),
-                opened.hook_sink,
-                console,
-            ))
+            let (console, Launched { pid, exit }) = runc.launched(&pid_file, attached).await?;
+            Ok((pid, exit, opened.hook_sink, console))
         }
         .await;
         let (pid, exit, sink, console) = match created {
