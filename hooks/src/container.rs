@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::plan::InitContainer;
+use crate::plan::{InitContainer, Once};
 
 /// Which part of the lifecycle a process belongs to; also its `LIFECYCLE_PHASE` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,4 +132,23 @@ pub trait Container {
 
     /// Sends a signal to the container's init process.
     fn signal(&self, signal: Signal) -> impl Future<Output = Result<(), Self::Error>>;
+}
+
+/// A container that takes the whole init sequence: besides runs to completion, sidecars
+/// started beside it and `once` steps gated by a record of their success.
+pub trait InitHost: Container {
+    /// Starts a sidecar (an init container with `restartPolicy: Always`) beside the container;
+    /// returns once it runs.
+    fn start_sidecar(&self, init: &InitContainer) -> impl Future<Output = Result<(), Self::Error>>;
+
+    /// Opens a `once` step: `None` when it already succeeded for its key.
+    fn begin_once(
+        &self,
+        once: &Once,
+    ) -> impl Future<Output = Result<Option<Box<dyn OnceTicket>>, Self::Error>>;
+}
+
+/// Records whether a `once` step's init container succeeded, so that it is skipped next time.
+pub trait OnceTicket: Send {
+    fn finish(self: Box<Self>, succeeded: bool) -> io::Result<()>;
 }

@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 use nix::sys::signal::Signal;
 use tokio::time::{sleep_until, Instant};
 
-use crate::container::{Container, ExecRequest, ExitStatus, Phase};
+use crate::container::{Container, ExecRequest, ExitStatus, InitHost, Phase};
 use crate::http::{self, HttpError};
 use crate::plan::{Action, Hook, InitContainer, Plan, Stages};
 
@@ -246,25 +246,65 @@ impl fmt::Display for InitFailure {
     }
 }
 
-/// Runs the init containers one after another; stops at the first that does not exit 0.
-pub async fn run_init_containers<C: Container>(
+/// The init sequence: the init containers one after another, each run to completion, a sidecar
+/// started beside the container instead, a `once` step skipped when its record says it already
+/// succeeded. It stops at the first that does not succeed (or, for a sidecar, does not start).
+pub async fn run_init_containers<C: InitHost>(
     c: &C,
     inits: &[InitContainer],
 ) -> Result<(), InitFailure> {
     for init in inits {
         let start = Instant::now();
+        let name = Some(init.name.as_str());
+        if init.sidecar {
+            if let Err(error) = c.start_sidecar(init).await {
+                let report = failed(report(Phase::Init, name, "sidecar", start), error);
+                return Err(InitFailure {
+                    report: finish(c, report, start),
+                });
+            }
+            tracing::info!(name = %init.name, "sidecar started");
+            continue;
+        }
+        let ticket = match &init.once {
+            None => None,
+            Some(once) => match c.begin_once(once).await {
+                Ok(None) => {
+                    tracing::info!(name = %init.name, key = %once.key, "init container already succeeded for this key; skipped");
+                    continue;
+                }
+                Ok(Some(ticket)) => Some(ticket),
+                Err(error) => {
+                    let report = failed(report(Phase::Init, name, "once", start), error);
+                    return Err(InitFailure {
+                        report: finish(c, report, start),
+                    });
+                }
+            },
+        };
         let label = format!("init:{}", init.name);
         let request = ExecRequest::init(init, &label, init.timeout.map(|t| start + t));
-        let report = finish(
-            c,
-            exec(c, Phase::Init, Some(&init.name), request).await,
-            start,
-        );
-        if report.result.is_err() {
+        let report = finish(c, exec(c, Phase::Init, name, request).await, start);
+        let succeeded = report.result.is_ok();
+        if let Some(ticket) = ticket {
+            if let Err(error) = ticket.finish(succeeded) {
+                tracing::warn!(name = %init.name, %error, "could not record the once step's outcome");
+            }
+        }
+        if !succeeded {
             return Err(InitFailure { report });
         }
     }
     Ok(())
+}
+
+/// A handler that could not be run at all.
+fn failed(
+    mut report: HookReport,
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> HookReport {
+    report.result = Err(HookFailure::Runtime(Box::new(error)));
+    report
 }
 
 /// The stop sequence: the shutdown delay, PreStop (both bounded by the grace period), the stop
@@ -320,7 +360,7 @@ async fn exec<C: Container>(
     request.env = &env;
     let mut report = report(phase, name, "exec", start);
     match c.exec(request).await {
-        Err(error) => report.result = Err(HookFailure::Runtime(Box::new(error))),
+        Err(error) => report = failed(report, error),
         Ok(out) => {
             report.exit_code = Some(out.status.code());
             report.output = out.output;

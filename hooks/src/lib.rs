@@ -10,6 +10,7 @@ pub mod health;
 pub mod http;
 pub mod plan;
 pub mod spec;
+pub mod supervisor;
 
 pub use container::{Container, ExecOutput, ExecRequest, ExitStatus, Phase};
 pub use engine::{

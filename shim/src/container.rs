@@ -24,6 +24,10 @@ pub enum ContainerError {
     Output(#[source] io::Error),
     #[error("cannot signal the container's init process: {0}")]
     Signal(#[source] nix::Error),
+    #[error(transparent)]
+    Sidecar(#[from] crate::sidecar::SidecarError),
+    #[error(transparent)]
+    Once(io::Error),
 }
 
 /// Where the container's signals are sent, which depends on how it was started.
@@ -66,6 +70,10 @@ impl<'a> RuncContainer<'a> {
             execs: AtomicU64::new(0),
             sink,
         }
+    }
+
+    pub fn runc(&self) -> &Runc {
+        self.runc
     }
 
     /// Starts the entrypoint of the created container.

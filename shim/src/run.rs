@@ -4,25 +4,22 @@
 //! to the shim runs the stop sequence. The container is deleted on every path once created.
 
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 
-use lifecycle_hooks::engine::kill_deadline;
-use lifecycle_hooks::health::{splay, watch_health};
-use lifecycle_hooks::{run_phase, terminate, Container, ExitStatus, HookReport, Phase, Plan};
+use lifecycle_hooks::supervisor::{supervise, Ended, Outcome, Request};
+use lifecycle_hooks::{ExitStatus, Plan};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, Signal as SignalStream, SignalKind};
-use tokio::time::Instant;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::bundle::{Bundle, BundleError};
-use crate::container::{RuncContainer, SignalRoute};
-use crate::inits::run_inits;
+use crate::container::{ContainerError, RuncContainer, SignalRoute};
 use crate::output::Sink;
 use crate::pidfile::{PidFileWatch, Started};
-use crate::poststop::run_post_stop;
-use crate::reaper::{Exit, Reaper};
+use crate::reaper::Reaper;
 use crate::runc::{Launched, ProcessIo, Runc, RuncConfig, RuncError, Until};
 use crate::sidecar::{SidecarHost, Sidecars};
 use crate::status::{status_path, StatusFile};
+use crate::supervised::RuncLife;
 
 /// Exit status for a failure of the shim or the runtime rather than the container (as Docker's
 /// 125), so that it is not mistaken for the container's own.
@@ -88,48 +85,27 @@ pub async fn run(options: RunOptions) -> Result<i32, RunError> {
         bundle: bundle.path,
         state: state.path().to_owned(),
     };
-    let ran = if plan.init_containers.is_empty() {
-        launch.foreground(&plan, &mut stops).await?
+    let (requests, mut received) = mpsc::unbounded_channel();
+    // Start first: a stop requested meanwhile comes after it, and is kept.
+    let _ = requests.send(Request::Start(oneshot::channel().0));
+    tokio::spawn(async move {
+        loop {
+            let signal = stops.recv().await;
+            if requests.send(Request::Stop(signal)).is_err() {
+                break;
+            }
+        }
+    });
+    let outcome = if plan.init_containers.is_empty() {
+        launch.foreground(&plan, &mut received).await?
     } else {
-        launch.created(&plan, &mut stops).await?
+        launch.created(&plan, &mut received).await?
     };
-    if ran.started && !plan.post_stop.is_empty() {
-        let failure = run_post_stop(
-            &launch.runc,
-            &launch.id,
-            &launch.bundle,
-            &launch.state,
-            &plan.post_stop,
-            Sink::Stderr,
-        )
-        .await;
-        // Reported; the container's own status stands.
-        if let Some(report) = failure {
-            eprintln!("lifecycle-shim: {}: {report}", report.reason());
-        }
-    }
-    Ok(ran.code)
-}
-
-/// What a launch ended with, and whether the entrypoint ever started (postStop runs only then).
-struct Ran {
-    code: i32,
-    started: bool,
-}
-
-impl Ran {
-    fn started(code: i32) -> Ran {
-        Ran {
-            code,
-            started: true,
-        }
-    }
-
-    fn not_started(code: i32) -> Ran {
-        Ran {
-            code,
-            started: false,
-        }
+    match outcome.ended {
+        Ended::DiedBeforeStart(status) => Err(RunError::DiedBeforeStart(status)),
+        // Reported already, by the supervisor.
+        Ended::StartFailed => Ok(EXIT_RUNTIME_FAILURE),
+        _ => Ok(outcome.code()),
     }
 }
 
@@ -142,10 +118,12 @@ struct Launch {
     state: PathBuf,
 }
 
+type Requests = mpsc::UnboundedReceiver<Request<ContainerError>>;
+
 impl Launch {
     /// Without init containers: one `runc run` in the foreground, which creates, starts, waits
     /// for and deletes the container, as fast as plain `runc run`.
-    async fn foreground(&self, plan: &Plan, stops: &mut StopRequests) -> Result<Ran, RunError> {
+    async fn foreground(&self, plan: &Plan, requests: &mut Requests) -> Result<Outcome, RunError> {
         let pid_file = self.state.join("init.pid");
         let log = self.state.join("runc.log");
         let mut watch = PidFileWatch::new(&self.state)
@@ -161,29 +139,31 @@ impl Launch {
             pid: child.id() as i32,
         };
         let outcome = match watch.wait(&pid_file, &mut exit).await {
-            Started::Exited(status) => Outcome::plain(status),
+            Started::Exited(status) => Outcome {
+                ended: Ended::Exited(status),
+                hook_failed: false,
+            },
             Started::Running(pid) => {
-                let container =
-                    RuncContainer::new(&self.runc, &self.id, pid, route, &self.state, Sink::Stderr);
-                supervise(&container, plan, exit, stops).await
+                let sidecars = self.sidecars(plan, pid);
+                let life = self.life(pid, route, &sidecars, true);
+                supervise(&life, plan, exit, requests, || {}).await
             }
         };
-        if let ExitStatus::Signaled(_) = outcome.status {
-            // runc itself was killed and could not clean up.
-            self.delete().await;
+        if let Ended::Exited(status) = outcome.ended {
+            if let ExitStatus::Signaled(_) = status {
+                // runc itself was killed and could not clean up.
+                self.delete().await;
+            }
+            if let Some(error) = self.runc.logged_failure("run", &self.id, status, &log) {
+                return Err(error.into());
+            }
         }
-        if let Some(error) = self
-            .runc
-            .logged_failure("run", &self.id, outcome.status, &log)
-        {
-            return Err(error.into());
-        }
-        Ok(Ran::started(outcome.code()))
+        Ok(outcome)
     }
 
     /// With init containers: `runc create`, the init containers through `runc exec` in the
     /// created container, then `runc start`; the container is deleted on every path.
-    async fn created(&self, plan: &Plan, stops: &mut StopRequests) -> Result<Ran, RunError> {
+    async fn created(&self, plan: &Plan, requests: &mut Requests) -> Result<Outcome, RunError> {
         let pid_file = self.state.join("init.pid");
         let log = self.state.join("runc.log");
         let create = self.runc.create(
@@ -194,7 +174,7 @@ impl Launch {
             &log,
             ProcessIo::inherit(),
         );
-        let Launched { pid, mut exit } = match self.runc.launched(&pid_file, create).await {
+        let Launched { pid, exit } = match self.runc.launched(&pid_file, create).await {
             Ok(((), launched)) => launched,
             Err(error) => {
                 // runc may have got part of the way; never touch a container that was already
@@ -205,56 +185,52 @@ impl Launch {
                 return Err(error.into());
             }
         };
-        let result = async {
-            let container = RuncContainer::new(
+        let sidecars = self.sidecars(plan, pid);
+        let life = self.life(pid, SignalRoute::Init, &sidecars, false);
+        let outcome = supervise(&life, plan, exit, requests, || {}).await;
+        drop(life);
+        self.delete().await;
+        Ok(outcome)
+    }
+
+    fn sidecars(&self, plan: &Plan, pid: i32) -> Sidecars {
+        let host = SidecarHost {
+            runc: self.runc.clone(),
+            base_id: self.id.clone(),
+            bundle: self.bundle.clone(),
+            state: self.state.clone(),
+            pid,
+            stop_signal: plan.stop_signal,
+        };
+        Sidecars::new(host, Sink::Stderr)
+    }
+
+    /// The container as the supervisor acts on it.
+    fn life<'a>(
+        &'a self,
+        pid: i32,
+        route: SignalRoute,
+        sidecars: &'a Sidecars,
+        started_with_the_container: bool,
+    ) -> RuncLife<'a> {
+        RuncLife {
+            container: RuncContainer::new(
                 &self.runc,
                 &self.id,
                 pid,
-                SignalRoute::Init,
+                route,
                 &self.state,
                 Sink::Stderr,
-            );
-            let sidecars = Sidecars::new(
-                SidecarHost {
-                    runc: self.runc.clone(),
-                    base_id: self.id.clone(),
-                    bundle: self.bundle.clone(),
-                    state: self.state.clone(),
-                    pid,
-                    stop_signal: plan.stop_signal,
-                },
-                Sink::Stderr,
-            );
-            let result = async {
-                tokio::select! {
-                    biased;
-                    signal = stops.recv() => {
-                        tracing::info!(%signal, "stop requested before the entrypoint started");
-                        return Ok((Ran::not_started(128 + signal as i32), Instant::now()));
-                    }
-                    status = &mut exit => return Err(RunError::DiedBeforeStart(status)),
-                    result = run_inits(&container, &plan.init_containers, &self.binds, &sidecars) => {
-                        if let Err(failure) = result {
-                            eprintln!("lifecycle-shim: {failure}");
-                            eprintln!("lifecycle-shim: the entrypoint was not started");
-                            return Ok((Ran::not_started(failure.exit_code()), Instant::now()));
-                        }
-                    }
-                }
-                container.start().await?;
-                let outcome = supervise(&container, plan, exit, stops).await;
-                let stop_began = outcome.stop_began.unwrap_or_else(Instant::now);
-                Ok((Ran::started(outcome.code()), stop_began))
-            }
-            .await;
-            // The entrypoint is gone (or never ran): then the sidecars, within the grace period.
-            let stop_began = result.as_ref().map_or_else(|_| Instant::now(), |(_, t)| *t);
-            sidecars.stop(kill_deadline(stop_began, plan.grace)).await;
-            result.map(|(ran, _)| ran)
+            ),
+            sidecars,
+            binds: &self.binds,
+            started_with_the_container,
+            bundle: self.bundle.clone(),
+            post_stop_base: self.id.clone(),
+            state: self.state.clone(),
+            health: StatusFile::new(status_path(None, &self.id)),
+            sink: Sink::Stderr,
         }
-        .await;
-        self.delete().await;
-        result
     }
 
     async fn delete(&self) {
@@ -262,91 +238,6 @@ impl Launch {
             tracing::warn!(%error, "could not delete the container");
         }
     }
-}
-
-/// How the entrypoint ended, whether a failed PostStart ended it, and when a stop began.
-struct Outcome {
-    status: ExitStatus,
-    hook_failed: bool,
-    stop_began: Option<Instant>,
-}
-
-impl Outcome {
-    fn plain(status: ExitStatus) -> Outcome {
-        Outcome {
-            status,
-            hook_failed: false,
-            stop_began: None,
-        }
-    }
-
-    /// A failed PostStart never looks like success, even if the container's stop handler
-    /// exits 0.
-    fn code(&self) -> i32 {
-        match self.status.code() {
-            0 if self.hook_failed => 1,
-            code => code,
-        }
-    }
-}
-
-/// The started container's life: PostStart beside the entrypoint, the stop sequence on request
-/// or when PostStart fails, until the entrypoint exits (which cancels any hook still running).
-async fn supervise(
-    c: &RuncContainer<'_>,
-    plan: &Plan,
-    mut exit: Exit,
-    stops: &mut StopRequests,
-) -> Outcome {
-    // PostStart, then the health checks; this ends only when one of them calls for a stop.
-    let mut lifecycle = pin!(async {
-        if let Some(report) = run_phase(c, Phase::PostStart, &plan.post_start, None).await {
-            return Ended::PostStartFailed(report);
-        }
-        match &plan.health_check {
-            Some(check) => {
-                let file = StatusFile::new(status_path(None, Container::id(c)));
-                watch_health(c, check, splay(check.period), |r| file.record(r)).await;
-                Ended::Unhealthy
-            }
-            None => std::future::pending().await,
-        }
-    });
-    let mut stop = pin!(terminate(c, plan));
-    let (mut lifecycle_done, mut killed, mut hook_failed) = (false, false, false);
-    let mut stop_began = None;
-    loop {
-        let stopping = stop_began.is_some();
-        tokio::select! {
-            status = &mut exit => return Outcome { status, hook_failed, stop_began },
-            ended = &mut lifecycle, if !lifecycle_done => {
-                lifecycle_done = true;
-                stop_began.get_or_insert_with(Instant::now);
-                match ended {
-                    Ended::PostStartFailed(report) => {
-                        eprintln!("lifecycle-shim: {}: {report}", report.reason());
-                        hook_failed = true;
-                    }
-                    Ended::Unhealthy => eprintln!("lifecycle-shim: health check critical too many times in a row; stopping"),
-                }
-            }
-            signal = stops.recv() => {
-                if stopping {
-                    tracing::info!(%signal, "already stopping; signal ignored");
-                } else {
-                    tracing::info!(%signal, "stop requested");
-                    stop_began = Some(Instant::now());
-                }
-            }
-            () = &mut stop, if stopping && !killed => killed = true,
-        }
-    }
-}
-
-/// Why the lifecycle of a running container called for a stop.
-enum Ended {
-    PostStartFailed(HookReport),
-    Unhealthy,
 }
 
 /// SIGTERM and SIGINT to the shim, the requests for a graceful stop.

@@ -37,6 +37,19 @@ pub enum TaskError {
     Unimplemented(&'static str),
 }
 
+/// The supervisor's errors are runc's (a failed `runc start`) or the shim's own.
+impl From<crate::container::ContainerError> for TaskError {
+    fn from(error: crate::container::ContainerError) -> TaskError {
+        match error {
+            crate::container::ContainerError::Runc(error) => TaskError::Runc(error),
+            other => TaskError::Shim {
+                what: "starting the entrypoint",
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 impl TaskError {
     pub fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> TaskError {
         move |source| TaskError::Io { what, source }

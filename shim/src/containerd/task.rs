@@ -10,12 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use containerd_shim::api::{CreateTaskRequest, ExecProcessRequest};
 use containerd_shim::protos::events::task::{TaskCreate, TaskExit, TaskIO, TaskStart};
 use containerd_shim::protos::topics;
-use lifecycle_hooks::engine::kill_deadline;
-use lifecycle_hooks::health::{splay, watch_health};
-use lifecycle_hooks::{run_phase, terminate, ExitStatus, Phase, Plan};
+use lifecycle_hooks::supervisor::{supervise, Request};
+use lifecycle_hooks::Plan;
 use nix::sys::signal::Signal;
-use tokio::task::AbortHandle;
-use tokio::time::Instant;
+use tokio::sync::{mpsc, oneshot};
 
 use super::console::Console;
 use super::error::TaskError;
@@ -25,13 +23,13 @@ use super::leftovers::Leftovers;
 use super::state::{IllegalMove, State};
 use super::stdio::{self, IoOwner, LoggerContext, StdioPaths};
 use crate::bundle::{Bundle, SpecOrigin};
-use crate::container::{RuncContainer, SignalRoute};
-use crate::inits::run_inits;
+use crate::container::{ContainerError, RuncContainer, SignalRoute};
 use crate::output::Sink;
-use crate::poststop::run_post_stop;
+use crate::reaper::Exit;
 use crate::runc::{Launched, Runc, RuncError, Until};
 use crate::sidecar::{SidecarHost, Sidecars};
 use crate::status::{status_path, StatusFile};
+use crate::supervised::RuncLife;
 
 pub struct Task {
     pub id: String,
@@ -53,27 +51,10 @@ pub struct Task {
     leftovers: Option<Leftovers>,
     sidecars: Sidecars,
     rootfs_mounted: bool,
-    inner: Mutex<Inner>,
+    /// To the container's supervisor, which decides its life and its exit.
+    requests: mpsc::UnboundedSender<Request<ContainerError>>,
+    state: Mutex<State>,
     execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
-}
-
-struct Inner {
-    state: State,
-    /// Init containers and PostStart, while they run.
-    lifecycle: Option<AbortHandle>,
-    /// The stop sequence, while it runs.
-    stop: Option<AbortHandle>,
-    /// Where hook output goes; dropped at exit so containerd sees the stream end.
-    sink: Option<Sink>,
-    /// The status to report instead of the init process's own (a failed init container's).
-    exit_override: Option<i32>,
-    /// PostStart failed; the task then never reports success, as with `run`.
-    hook_failed: bool,
-    /// `runc start` was asked for (and did not fail): the entrypoint ran, however briefly.
-    /// Recorded before runc returns, since a quick entrypoint may exit before it does.
-    entrypoint_started: bool,
-    /// When the stop sequence began; the sidecars' grace period counts from here.
-    stop_began: Option<Instant>,
 }
 
 impl Task {
@@ -157,6 +138,7 @@ impl Task {
             },
             sink.clone().unwrap_or(Sink::Stderr),
         );
+        let (requests, received) = mpsc::unbounded_channel();
         let task = Arc::new(Task {
             id: req.id.clone(),
             bundle: bundle_path,
@@ -178,23 +160,13 @@ impl Task {
             leftovers: bundle.shares_pid_namespace.then(|| Leftovers::of(pid)),
             sidecars,
             rootfs_mounted,
-            inner: Mutex::new(Inner {
-                state: State::Created,
-                lifecycle: None,
-                stop: None,
-                sink,
-                exit_override: None,
-                hook_failed: false,
-                entrypoint_started: false,
-                stop_began: None,
-            }),
+            requests,
+            state: Mutex::new(State::Created),
             execs: Mutex::new(HashMap::new()),
         });
-        let monitor = task.clone();
-        tokio::spawn(async move {
-            let status = exit.await;
-            monitor.exited(status).await;
-        });
+        let supervised = task.clone();
+        let sink = sink.unwrap_or(Sink::Stderr);
+        tokio::spawn(async move { supervised.supervise(exit, received, sink).await });
         let event = TaskCreate {
             container_id: task.id.clone(),
             bundle: req.bundle.clone(),
@@ -217,20 +189,29 @@ impl Task {
     }
 
     pub fn state(&self) -> State {
-        self.lock().state
+        *self.lock()
     }
 
     /// Starts the entrypoint, after the init containers if there are any. Returns at once in
     /// that case: the init containers run in the background and may take longer than
     /// containerd's Start deadline.
-    pub async fn start(self: &Arc<Self>) -> Result<(), TaskError> {
-        self.lock().state.apply(State::start)?;
-        if self.plan.init_containers.is_empty() {
-            if let Err(error) = self.start_entrypoint().await {
-                self.lock().state.apply(State::start_failed)?;
+    pub async fn start(&self) -> Result<(), TaskError> {
+        self.lock().apply(State::start)?;
+        let (reply, answer) = oneshot::channel();
+        let _ = self.requests.send(Request::Start(reply));
+        match answer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                self.lock().apply(State::start_failed)?;
                 return Err(error.into());
             }
-            self.lock().state.apply(State::started)?;
+            // The supervisor is done: the container ended before it could start.
+            Err(_) => {
+                return Err(TaskError::NotFound(format!(
+                    "process {} already finished",
+                    self.id
+                )))
+            }
         }
         let event = TaskStart {
             container_id: self.id.clone(),
@@ -240,71 +221,62 @@ impl Task {
         self.events
             .publish(topics::TASK_START_EVENT_TOPIC, event)
             .await;
-        let task = self.clone();
-        let lifecycle = tokio::spawn(async move { task.lifecycle().await }).abort_handle();
-        self.lock().lifecycle = Some(lifecycle);
         Ok(())
     }
 
-    /// Init containers (then `runc start`), then PostStart; a failed PostStart stops the task.
-    async fn lifecycle(self: Arc<Self>) {
-        let c = self.hook_container();
-        if !self.plan.init_containers.is_empty() {
-            let inits = run_inits(&c, &self.plan.init_containers, &self.binds, &self.sidecars);
-            if let Err(failure) = inits.await {
-                self.report(&format!("{failure}; the entrypoint was not started"));
-                self.lock().exit_override = Some(failure.exit_code());
-                let _ = self.runc.reaper().kill(self.pid, Signal::SIGKILL);
-                return;
+    /// The container's life under its supervisor, from creation to the published exit.
+    async fn supervise(
+        self: Arc<Self>,
+        exit: Exit,
+        mut requests: mpsc::UnboundedReceiver<Request<ContainerError>>,
+        sink: Sink,
+    ) {
+        let life = RuncLife {
+            container: RuncContainer::new(
+                &self.runc,
+                &self.id,
+                self.pid,
+                SignalRoute::Init,
+                &self.bundle,
+                sink.clone(),
+            ),
+            sidecars: &self.sidecars,
+            binds: &self.binds,
+            started_with_the_container: false,
+            bundle: self.bundle.clone(),
+            post_stop_base: format!("{}-lifecycle", self.id),
+            state: self.bundle.clone(),
+            health: StatusFile::new(status_path(Some(&self.events.namespace), &self.id)),
+            sink,
+        };
+        let exit = async {
+            let status = exit.await;
+            if let Some(leftovers) = &self.leftovers {
+                leftovers.kill(&self.runc, &self.id).await;
             }
-            if let Err(error) = self.start_entrypoint().await {
-                self.report(&format!("starting the entrypoint failed: {error}"));
-                let _ = self.runc.reaper().kill(self.pid, Signal::SIGKILL);
-                return;
+            // The init exits once; its exit is the only move out of a living state.
+            if let Err(error) = self.lock().apply(State::exit) {
+                tracing::error!(container = %self.id, %error, "init process exited");
             }
-            match self.lock().state.apply(State::started) {
-                Ok(State::Running) => {}
-                // It ended already (a Kill during the init containers): nothing more to do.
-                Ok(_) => return,
-                Err(error) => {
-                    tracing::error!(container = %self.id, %error, "entrypoint started");
-                    return;
-                }
+            status
+        };
+        let started = || {
+            if let Err(error) = self.lock().apply(State::started) {
+                tracing::error!(container = %self.id, %error, "entrypoint started");
             }
-        }
-        if !self.hooks {
-            return;
-        }
-        if let Some(report) = run_phase(&c, Phase::PostStart, &self.plan.post_start, None).await {
-            self.report(&format!("{}: {report}", report.reason()));
-            self.lock().hook_failed = true;
-            self.begin_stop();
-            return;
-        }
-        if let Some(check) = &self.plan.health_check {
-            let file = StatusFile::new(status_path(Some(&self.events.namespace), &self.id));
-            watch_health(&c, check, splay(check.period), |r| file.record(r)).await;
-            self.report("health check critical too many times in a row; stopping");
-            self.begin_stop();
-        }
-    }
-
-    /// `runc start`, recording that the entrypoint started unless it failed.
-    async fn start_entrypoint(&self) -> Result<(), RuncError> {
-        self.lock().entrypoint_started = true;
-        let result = self.runc.start(&self.id).await;
-        if result.is_err() {
-            self.lock().entrypoint_started = false;
-        }
-        result
+        };
+        let outcome = supervise(&life, &self.plan, exit, &mut requests, started).await;
+        // Closes the stream hook output went to, so containerd sees it end.
+        drop(life);
+        self.exited(outcome.code()).await;
     }
 
     /// Kill of the init process. The stop signal (or SIGTERM) starts the stop sequence with
     /// PreStop and returns at once; SIGKILL cuts it short; anything else passes through.
-    pub async fn kill(self: &Arc<Self>, signal: Signal, all: bool) -> Result<(), TaskError> {
+    pub async fn kill(&self, signal: Signal, all: bool) -> Result<(), TaskError> {
         if signal == Signal::SIGKILL {
             // Also when the entrypoint is gone and the sidecars are being stopped.
-            self.sidecars.kill();
+            let _ = self.requests.send(Request::Kill);
         }
         let state = self.state();
         match state {
@@ -317,18 +289,19 @@ impl Task {
             // runc is asked all the same, as runc's shim does: containerd's SIGKILL with `all`
             // before a delete still reaches whatever is left in the container's cgroup.
             State::Stopped => return self.signal(signal, all).await,
+            // The entrypoint has not run: the supervisor ends the init sequence and the
+            // container (a SIGKILL is on its way already).
             State::Starting => {
-                // The entrypoint has not run: there is nothing to stop gracefully.
-                self.abort(|inner| inner.lifecycle.take());
-                return self.signal(Signal::SIGKILL, all).await;
+                if signal != Signal::SIGKILL {
+                    let _ = self.requests.send(Request::Stop(signal));
+                }
+                return Ok(());
             }
             State::Created | State::Running | State::Paused => {}
         }
         let graceful = signal == Signal::SIGTERM || signal == self.plan.stop_signal;
-        if signal == Signal::SIGKILL {
-            self.abort(|inner| inner.stop.take());
-        } else if graceful && self.hooks && state == State::Running {
-            self.begin_stop();
+        if graceful && self.hooks && state == State::Running {
+            let _ = self.requests.send(Request::Stop(signal));
             return Ok(());
         }
         self.signal(signal, all).await
@@ -342,29 +315,6 @@ impl Task {
                 self.id
             ))),
             result => Ok(result?),
-        }
-    }
-
-    /// Runs the stop sequence unless it already runs.
-    fn begin_stop(self: &Arc<Self>) {
-        let mut inner = self.lock();
-        if inner.stop.is_some() || inner.state == State::Stopped {
-            return;
-        }
-        inner.stop_began = Some(Instant::now());
-        let task = self.clone();
-        inner.stop = Some(
-            tokio::spawn(async move {
-                let c = task.hook_container();
-                terminate(&c, &task.plan).await;
-            })
-            .abort_handle(),
-        );
-    }
-
-    fn abort(&self, take: impl FnOnce(&mut Inner) -> Option<AbortHandle>) {
-        if let Some(handle) = take(&mut self.lock()) {
-            handle.abort();
         }
     }
 
@@ -391,55 +341,10 @@ impl Task {
         self.lock_execs().remove(exec_id);
     }
 
-    /// The init process has been reaped: hooks still running are cancelled, sidecars stopped,
-    /// postStop run, the stream for hook output closed, exec processes end (containerd expects
-    /// their exits before the init's), and the exit is recorded and published.
-    async fn exited(&self, status: ExitStatus) {
-        if let Some(leftovers) = &self.leftovers {
-            leftovers.kill(&self.runc, &self.id).await;
-        }
-        let (code, started, sink, stop_began) = {
-            let mut inner = self.lock();
-            let started = inner.entrypoint_started;
-            // The init exits once; its exit is the only move out of a living state.
-            if let Err(error) = inner.state.apply(State::exit) {
-                tracing::error!(container = %self.id, %error, "init process exited");
-            }
-            for handle in [inner.lifecycle.take(), inner.stop.take()]
-                .into_iter()
-                .flatten()
-            {
-                handle.abort();
-            }
-            let code = match (inner.exit_override.take(), status.code()) {
-                (Some(code), _) => code,
-                (None, 0) if inner.hook_failed => 1,
-                (None, code) => code,
-            };
-            (code, started, inner.sink.take(), inner.stop_began)
-        };
-        let stop_began = stop_began.unwrap_or_else(Instant::now);
-        self.sidecars
-            .stop(kill_deadline(stop_began, self.plan.grace))
-            .await;
-        // postStop runs, if the entrypoint ever started, finish before the exit is published;
-        // a failure is reported and leaves the status as it is.
-        if started && self.hooks && !self.plan.post_stop.is_empty() {
-            let out = sink.clone().unwrap_or(Sink::Stderr);
-            let failure = run_post_stop(
-                &self.runc,
-                &format!("{}-lifecycle", self.id),
-                &self.bundle,
-                &self.bundle,
-                &self.plan.post_stop,
-                out,
-            )
-            .await;
-            if let Some(report) = failure {
-                self.report_to(sink.as_ref(), &format!("{}: {report}", report.reason()));
-            }
-        }
-        drop(sink);
+    /// The supervisor is done (the init has exited, sidecars and postStop are done): exec
+    /// processes end (containerd expects their exits before the init's), and the exit is
+    /// recorded and published.
+    async fn exited(&self, code: i32) {
         // With its own PID namespace they die with the init; sharing the host's, they would not.
         let running: Vec<_> = self
             .lock_execs()
@@ -486,7 +391,7 @@ impl Task {
         if self.rootfs_mounted {
             unmount(&self.bundle.join("rootfs"));
         }
-        self.lock().state.apply(State::delete)?;
+        self.lock().apply(State::delete)?;
         Ok(exited)
     }
 
@@ -503,7 +408,7 @@ impl Task {
         // Refused before runc is called; applied to the state as it is once runc is done.
         transition(self.state())?;
         action().await?;
-        self.lock().state.apply(transition)?;
+        self.lock().apply(transition)?;
         Ok(())
     }
 
@@ -511,39 +416,12 @@ impl Task {
         &self.bundle
     }
 
-    /// The container as the hook engine sees it.
-    fn hook_container(&self) -> RuncContainer<'_> {
-        let sink = self.lock().sink.clone().unwrap_or(Sink::Stderr);
-        RuncContainer::new(
-            &self.runc,
-            &self.id,
-            self.pid,
-            SignalRoute::Init,
-            &self.bundle,
-            sink,
-        )
-    }
-
-    /// A lifecycle message for the user: in the container's stderr stream and the shim log.
-    fn report(&self, message: &str) {
-        let sink = self.lock().sink.clone();
-        self.report_to(sink.as_ref(), message);
-    }
-
-    /// The same, to a given stream (at exit the task's own has already been taken).
-    fn report_to(&self, sink: Option<&Sink>, message: &str) {
-        tracing::warn!(container = %self.id, "{message}");
-        if let Some(sink) = sink {
-            sink.write_line(&format!("lifecycle-shim: {message}\n"));
-        }
-    }
-
     fn lock_execs(&self) -> MutexGuard<'_, HashMap<String, Arc<ExecProcess>>> {
         self.execs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
