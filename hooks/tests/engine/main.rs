@@ -2,13 +2,17 @@
 //! paused clock; and (in `http`) the httpGet handler against local servers.
 
 mod http;
+mod supervisor;
 
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lifecycle_hooks::container::{Container, ExecOutput, ExecRequest, ExitStatus, Phase};
+use lifecycle_hooks::container::{
+    Container, ExecOutput, ExecRequest, ExitStatus, InitHost, OnceTicket, Phase,
+};
+use lifecycle_hooks::plan::{InitContainer, Once};
 use lifecycle_hooks::{
     run_hook, run_init_containers, run_phase, terminate, Defaults, HookFailure, Plan,
 };
@@ -27,6 +31,13 @@ struct Fake {
     /// Where `connect` goes, whatever address is asked for.
     server: Option<SocketAddr>,
     exited: bool,
+    /// The entrypoint's exit, once it has one (see [`Fake::exit`]).
+    exit: RefCell<Option<ExitStatus>>,
+    exit_changed: tokio::sync::Notify,
+    /// The entrypoint exits 0 on SIGTERM (and any stop signal) when set.
+    traps_term: bool,
+    /// `once` keys recorded as succeeded.
+    once_done: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Fake {
@@ -38,6 +49,41 @@ impl Fake {
             codes: RefCell::default(),
             server: None,
             exited: false,
+            exit: RefCell::new(None),
+            exit_changed: tokio::sync::Notify::new(),
+            traps_term: false,
+            once_done: std::sync::Arc::default(),
+        }
+    }
+
+    /// Ends the entrypoint with `status` (the first end counts).
+    fn end(&self, status: ExitStatus) {
+        let mut exit = self.exit.borrow_mut();
+        if exit.is_none() {
+            self.record(format!("exit {}", status.code()));
+            *exit = Some(status);
+            self.exit_changed.notify_waiters();
+        }
+    }
+
+    /// The entrypoint's exit: when something ends it, or by itself after `after`.
+    async fn exit(&self, after: Option<Duration>) -> ExitStatus {
+        let by_itself = async {
+            match after {
+                Some(after) => sleep(after).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(by_itself);
+        loop {
+            let changed = self.exit_changed.notified();
+            if let Some(status) = *self.exit.borrow() {
+                return status;
+            }
+            tokio::select! {
+                () = changed => {}
+                () = &mut by_itself => self.end(ExitStatus::Exited(0)),
+            }
         }
     }
 
@@ -118,12 +164,53 @@ impl Container for Fake {
     }
 
     fn has_exited(&self) -> bool {
-        self.exited
+        self.exited || self.exit.borrow().is_some()
     }
 
     async fn signal(&self, signal: Signal) -> Result<(), FakeError> {
         self.record(format!("signal {signal}"));
+        match signal {
+            Signal::SIGKILL => self.end(ExitStatus::Signaled(Signal::SIGKILL)),
+            _ if self.traps_term => self.end(ExitStatus::Exited(0)),
+            _ => {}
+        }
         Ok(())
+    }
+}
+
+/// Records a `once` key as succeeded when its step does.
+struct FakeTicket {
+    key: String,
+    done: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl OnceTicket for FakeTicket {
+    fn finish(self: Box<Self>, succeeded: bool) -> io::Result<()> {
+        if succeeded {
+            self.done.lock().unwrap().push(self.key);
+        }
+        Ok(())
+    }
+}
+
+/// Sidecars named `broken` cannot start.
+impl InitHost for Fake {
+    async fn start_sidecar(&self, init: &InitContainer) -> Result<(), FakeError> {
+        self.record(format!("sidecar {}", init.name));
+        match init.name.as_str() {
+            "broken" => Err(FakeError),
+            _ => Ok(()),
+        }
+    }
+
+    async fn begin_once(&self, once: &Once) -> Result<Option<Box<dyn OnceTicket>>, FakeError> {
+        if self.once_done.lock().unwrap().contains(&once.key) {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(FakeTicket {
+            key: once.key.clone(),
+            done: self.once_done.clone(),
+        })))
     }
 }
 
@@ -135,7 +222,10 @@ fn plan(json: &str) -> Plan {
 async fn stop_events(json: &str) -> Vec<(u64, String)> {
     let fake = Fake::new();
     terminate(&fake, &plan(json)).await;
-    fake.events()
+    // The sequence only, not the fake's end by SIGKILL.
+    let mut events = fake.events();
+    events.retain(|(_, e)| !e.starts_with("exit "));
+    events
 }
 
 fn ev(list: &[(u64, &str)]) -> Vec<(u64, String)> {
