@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use crate::engine::Seconds;
 use crate::plan::{Action, Hook, Plan, Scheme, Stages};
+use crate::seconds::Seconds;
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -11,6 +11,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::container::{Container, ExecRequest, ExitStatus, InitHost, Phase};
 use crate::http::{self, HttpError};
 use crate::plan::{Action, Hook, InitContainer, Plan, Stages};
+use crate::seconds::Seconds;
 
 /// Kubernetes leaves at least this long between the stop signal and SIGKILL, however much of the
 /// grace period PreStop used.
@@ -400,19 +401,5 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
-}
-
-/// Durations as people read them: `1.5s`, `250ms`.
-pub struct Seconds(pub Duration);
-
-impl fmt::Display for Seconds {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if ms < 1000 {
-            write!(f, "{ms}ms")
-        } else {
-            write!(f, "{:.1}s", self.0.as_secs_f64())
-        }
     }
 }

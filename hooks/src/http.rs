@@ -26,8 +26,8 @@ use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsConnector;
 
 use crate::container::Container;
-use crate::engine::Seconds;
 use crate::plan::{HttpGet, Scheme};
+use crate::seconds::Seconds;
 
 /// Kubernetes follows at most 10 redirects for hooks and probes.
 pub const MAX_REDIRECTS: usize = 10;

@@ -1,7 +1,6 @@
 //! A validated plan: every default filled in, every value checked, so nothing invalid reaches
 //! the engine. Errors carry the JSON path of the field they are about.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,6 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::spec::{self, Spec};
+pub use crate::spec::{FieldError, InvalidSpec};
 
 /// Kubernetes' default `terminationGracePeriodSeconds`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
@@ -106,58 +106,6 @@ pub struct InitContainer {
 pub struct Once {
     pub path: String,
     pub key: String,
-}
-
-/// One thing wrong with a spec, at a JSON path such as `preStop.httpGet.port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(path: &str, message: impl Into<String>) -> FieldError {
-        FieldError {
-            path: path.to_owned(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-/// Everything wrong with a spec, one line per problem.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct InvalidSpec {
-    pub errors: Vec<FieldError>,
-}
-
-impl From<FieldError> for InvalidSpec {
-    fn from(error: FieldError) -> InvalidSpec {
-        InvalidSpec {
-            errors: vec![error],
-        }
-    }
-}
-
-impl fmt::Display for InvalidSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, error) in self.errors.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{error}")?;
-        }
-        Ok(())
-    }
 }
 
 impl Default for Plan {

@@ -3,10 +3,10 @@
 //! These types mirror the JSON one to one; nothing here is validated beyond JSON types. The
 //! [`crate::plan`] module turns a [`Spec`] into a [`crate::Plan`] in which every value is checked.
 
+use std::fmt;
+
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-
-use crate::plan::{FieldError, InvalidSpec};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -174,6 +174,58 @@ impl Spec {
         de.end()
             .map_err(|err| FieldError::new("", err.to_string()))?;
         Ok(spec)
+    }
+}
+
+/// One thing wrong with a spec, at a JSON path such as `preStop.httpGet.port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: &str, message: impl Into<String>) -> FieldError {
+        FieldError {
+            path: path.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Everything wrong with a spec, one line per problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidSpec {
+    pub errors: Vec<FieldError>,
+}
+
+impl From<FieldError> for InvalidSpec {
+    fn from(error: FieldError) -> InvalidSpec {
+        InvalidSpec {
+            errors: vec![error],
+        }
+    }
+}
+
+impl fmt::Display for InvalidSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
     }
 }
 

@@ -12,8 +12,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use lifecycle_hooks::engine::Seconds;
 use lifecycle_hooks::plan::InitContainer;
+use lifecycle_hooks::seconds::Seconds;
 use lifecycle_hooks::{ExecRequest, ExitStatus};
 use nix::sys::signal::Signal;
 use tokio::sync::{oneshot, watch};

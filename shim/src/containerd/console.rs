@@ -16,8 +16,6 @@ use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
 use tokio::io::Interest;
 use tokio::net::UnixListener;
 
-use super::error::TaskError;
-
 /// The socket runc sends the pty master to, in a private directory of its own (socket paths
 /// must be short, which a bundle path may not be).
 pub struct ConsoleSocket {
@@ -68,6 +66,18 @@ fn receive_fd(socket: RawFd) -> io::Result<OwnedFd> {
     ))
 }
 
+/// Receiving or attaching a terminal failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct ConsoleError {
+    what: &'static str,
+    source: std::io::Error,
+}
+
+fn console_error(what: &'static str) -> impl FnOnce(std::io::Error) -> ConsoleError {
+    move |source| ConsoleError { what, source }
+}
+
 /// A terminal still to be received from runc, and the streams to attach it to.
 pub struct PendingConsole {
     pub socket: ConsoleSocket,
@@ -78,10 +88,10 @@ pub struct PendingConsole {
 impl PendingConsole {
     /// Runs `create` (the runc call that makes the terminal and sends its master) while
     /// receiving the master, then attaches it.
-    pub async fn attach_during<T>(
+    pub async fn attach_during<T, E: From<ConsoleError>>(
         self,
-        create: impl Future<Output = Result<T, TaskError>>,
-    ) -> Result<(T, Console), TaskError> {
+        create: impl Future<Output = Result<T, E>>,
+    ) -> Result<(T, Console), E> {
         let receive = self.socket.receive();
         tokio::pin!(create, receive);
         let mut master = None;
@@ -89,7 +99,7 @@ impl PendingConsole {
             tokio::select! {
                 result = &mut create => break result?,
                 fd = &mut receive, if master.is_none() => {
-                    master = Some(fd.map_err(TaskError::io("receiving the terminal from runc"))?);
+                    master = Some(fd.map_err(console_error("receiving the terminal from runc"))?);
                 }
             }
         };
@@ -98,10 +108,10 @@ impl PendingConsole {
             Some(master) => master,
             None => receive
                 .await
-                .map_err(TaskError::io("receiving the terminal from runc"))?,
+                .map_err(console_error("receiving the terminal from runc"))?,
         };
         let console = Console::attach(master, self.stdin, self.stdout)
-            .map_err(TaskError::io("attaching the terminal"))?;
+            .map_err(console_error("attaching the terminal"))?;
         Ok((value, console))
     }
 }

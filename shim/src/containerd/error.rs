@@ -2,6 +2,7 @@
 
 use containerd_shim::protos::ttrpc;
 
+use super::console::ConsoleError;
 use super::options::OptionsError;
 use super::state::IllegalMove;
 use super::stdio::StdioError;
@@ -22,6 +23,8 @@ pub enum TaskError {
     Stdio(#[from] StdioError),
     #[error(transparent)]
     Options(#[from] OptionsError),
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
     #[error(transparent)]
     Illegal(#[from] IllegalMove),
     #[error(transparent)]
@@ -75,9 +78,10 @@ impl TaskError {
             }
             TaskError::Stdio(StdioError::Open { .. }) => ttrpc::Code::INVALID_ARGUMENT,
             TaskError::Illegal(_) => ttrpc::Code::FAILED_PRECONDITION,
-            TaskError::Runc(_) | TaskError::Io { .. } | TaskError::Shim { .. } => {
-                ttrpc::Code::INTERNAL
-            }
+            TaskError::Runc(_)
+            | TaskError::Io { .. }
+            | TaskError::Shim { .. }
+            | TaskError::Console(_) => ttrpc::Code::INTERNAL,
         }
     }
 }

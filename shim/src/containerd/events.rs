@@ -17,6 +17,7 @@ use tokio::sync::watch;
 const EVENTS_PACKAGE: &str = "containerd.events";
 
 /// Publishes task events to containerd in the task's namespace.
+#[derive(Clone)]
 pub struct Events {
     publisher: Arc<RemotePublisher>,
     pub namespace: String,

@@ -8,13 +8,25 @@ use containerd_shim::protos::events::task::{TaskExecAdded, TaskExecStarted, Task
 use containerd_shim::protos::topics;
 use nix::sys::signal::Signal;
 
+use std::path::PathBuf;
+
 use super::console::Console;
 use super::error::TaskError;
-use super::events::{ExitCell, Exited};
+use super::events::{Events, ExitCell, Exited};
 use super::state::State;
-use super::stdio::{self, LoggerContext, StdioPaths};
-use super::task::Task;
-use crate::runc::Launched;
+use super::stdio::{self, IoOwner, LoggerContext, StdioPaths};
+use crate::runc::{Launched, Runc};
+
+/// The container an exec process runs in, as its task describes it.
+#[derive(Clone)]
+pub struct ExecHost {
+    pub container_id: String,
+    pub runc: Runc,
+    pub events: Events,
+    /// Where its process spec and pid file are written.
+    pub dir: PathBuf,
+    pub io_owner: Option<IoOwner>,
+}
 
 pub struct ExecProcess {
     pub id: String,
@@ -32,7 +44,10 @@ struct ExecInner {
 }
 
 impl ExecProcess {
-    pub async fn add(task: &Task, req: &ExecProcessRequest) -> Result<Arc<ExecProcess>, TaskError> {
+    pub async fn add(
+        task: &ExecHost,
+        req: &ExecProcessRequest,
+    ) -> Result<Arc<ExecProcess>, TaskError> {
         let process =
             req.spec
                 .as_ref()
@@ -58,7 +73,7 @@ impl ExecProcess {
             }),
         });
         let event = TaskExecAdded {
-            container_id: task.id.clone(),
+            container_id: task.container_id.clone(),
             exec_id: exec.id.clone(),
             ..Default::default()
         };
@@ -76,18 +91,18 @@ impl ExecProcess {
         self.lock().pid
     }
 
-    pub async fn start(self: &Arc<Self>, task: &Arc<Task>) -> Result<i32, TaskError> {
+    pub async fn start(self: &Arc<Self>, task: ExecHost) -> Result<i32, TaskError> {
         // Refused before anything is done; applied once the process runs.
         let start = |state: State| state.start()?.started();
         start(self.state())?;
-        let dir = task.state_dir();
+        let dir = &task.dir;
         let process = dir.join(format!("exec-{}.json", self.id));
         std::fs::write(&process, &self.process)
             .map_err(TaskError::io("writing the exec process"))?;
         let pid_file = dir.join(format!("exec-{}.pid", self.id));
         let (stdin, stdout, stderr, terminal) = &self.stdio;
         let logger = LoggerContext {
-            container_id: &task.id,
+            container_id: &task.container_id,
             namespace: &task.events.namespace,
             reaper: task.runc.reaper(),
         };
@@ -101,10 +116,11 @@ impl ExecProcess {
         let opened = stdio::open(&paths, &logger).await?;
         let log = dir.join(format!("exec-{}.log", self.id));
         let exec = async {
-            Ok(task
-                .runc
-                .exec_detached(&task.id, &process, &pid_file, &log, opened.io)
-                .await?)
+            Ok::<_, TaskError>(
+                task.runc
+                    .exec_detached(&task.container_id, &process, &pid_file, &log, opened.io)
+                    .await?,
+            )
         };
         let attached = async {
             match opened.console {
@@ -122,7 +138,7 @@ impl ExecProcess {
             inner.console = console;
         }
         let event = TaskExecStarted {
-            container_id: task.id.clone(),
+            container_id: task.container_id.clone(),
             exec_id: self.id.clone(),
             pid: pid as u32,
             ..Default::default()
@@ -130,7 +146,7 @@ impl ExecProcess {
         task.events
             .publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, event)
             .await;
-        let (exec, task) = (self.clone(), task.clone());
+        let exec = self.clone();
         tokio::spawn(async move {
             let status = exit.await;
             exec.exited(&task, Exited::now(status.code())).await;
@@ -138,7 +154,7 @@ impl ExecProcess {
         Ok(pid)
     }
 
-    async fn exited(&self, task: &Task, exited: Exited) {
+    async fn exited(&self, task: &ExecHost, exited: Exited) {
         let pid = {
             let mut inner = self.lock();
             if let Err(error) = inner.state.apply(State::exit) {
@@ -148,7 +164,7 @@ impl ExecProcess {
         };
         self.exit.set(exited);
         let event = TaskExit {
-            container_id: task.id.clone(),
+            container_id: task.container_id.clone(),
             id: self.id.clone(),
             pid: pid as u32,
             exit_status: exited.status,
@@ -160,7 +176,7 @@ impl ExecProcess {
             .await;
     }
 
-    pub fn kill(&self, task: &Task, signal: Signal) -> Result<(), TaskError> {
+    pub fn kill(&self, runc: &Runc, signal: Signal) -> Result<(), TaskError> {
         let inner = self.lock();
         if inner.state != State::Running {
             return Err(TaskError::NotFound(format!(
@@ -168,8 +184,7 @@ impl ExecProcess {
                 self.id, inner.state
             )));
         }
-        task.runc
-            .reaper()
+        runc.reaper()
             .kill(inner.pid, signal)
             .map_err(|errno| TaskError::NotFound(format!("exec {}: {errno}", self.id)))
     }

@@ -92,7 +92,9 @@ impl Service {
             task.start().await?;
             task.pid
         } else {
-            self.exec(&req.id, &req.exec_id)?.start(&task).await?
+            self.exec(&req.id, &req.exec_id)?
+                .start(task.exec_host())
+                .await?
         };
         Ok(StartResponse {
             pid: pid as u32,
@@ -154,7 +156,7 @@ impl Service {
         if req.exec_id.is_empty() {
             task.kill(signal, req.all).await
         } else {
-            self.exec(&req.id, &req.exec_id)?.kill(&task, signal)
+            self.exec(&req.id, &req.exec_id)?.kill(&task.runc, signal)
         }
     }
 

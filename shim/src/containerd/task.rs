@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::console::Console;
 use super::error::TaskError;
 use super::events::{Events, ExitCell, Exited};
-use super::exec::ExecProcess;
+use super::exec::{ExecHost, ExecProcess};
 use super::leftovers::Leftovers;
 use super::state::{IllegalMove, State};
 use super::stdio::{self, IoOwner, LoggerContext, StdioPaths};
@@ -95,8 +95,8 @@ impl Task {
             let pid_file = bundle_path.join("init.pid");
             let log = bundle_path.join("log.json");
             let create = async {
-                Ok(runc
-                    .create(
+                Ok::<_, TaskError>(
+                    runc.create(
                         Until::Created,
                         &req.id,
                         &bundle_path,
@@ -104,7 +104,8 @@ impl Task {
                         &log,
                         opened.io,
                     )
-                    .await?)
+                    .await?,
+                )
             };
             let attached = async {
                 match opened.console {
@@ -332,9 +333,20 @@ impl Task {
                 req.exec_id
             )));
         }
-        let exec = ExecProcess::add(self, req).await?;
+        let exec = ExecProcess::add(&self.exec_host(), req).await?;
         self.lock_execs().insert(req.exec_id.clone(), exec);
         Ok(())
+    }
+
+    /// The container, as its exec processes need it.
+    pub fn exec_host(&self) -> ExecHost {
+        ExecHost {
+            container_id: self.id.clone(),
+            runc: self.runc.clone(),
+            events: self.events.clone(),
+            dir: self.bundle.clone(),
+            io_owner: self.io_owner,
+        }
     }
 
     pub fn remove_exec(&self, exec_id: &str) {
