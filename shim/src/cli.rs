@@ -62,7 +62,9 @@ pub fn main() -> ExitCode {
     crate::logging::init();
     let code = match cli.command {
         Command::Check { spec, bundle } => check(&bundle, spec.as_deref()),
-        Command::Status { namespace, id } => crate::status::show(namespace.as_deref(), &id),
+        Command::Status { namespace, id } => {
+            crate::lifecycle::status::show(namespace.as_deref(), &id)
+        }
         Command::Run {
             runtime,
             root,

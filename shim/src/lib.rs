@@ -1,20 +1,19 @@
-//! The `lifecycle-shim` binary's code: the CLI, the runc driver, the reaper and the foreground
-//! supervisor that runs a plan from the `lifecycle-hooks` library against a real container.
+//! The `lifecycle-shim` binary's code, by room:
+//!
+//! - front ends: [`cli`] (the command line), [`run`] (a container in the foreground) and
+//!   [`containerd`] (the runtime v2 shim); each turns what it is asked into requests to the
+//!   container's lifecycle supervisor (`lifecycle_hooks::supervisor`) and its outcome into an
+//!   exit status;
+//! - [`lifecycle`]: the runc container as that supervisor acts on it, and what it drives:
+//!   hook processes, sidecars, postStop runs, `once` records, the health status file;
+//! - [`bundle`]: OCI bundles, their hook spec, and the bundles derived from them;
+//! - [`os`]: the OS layer: the reaper, the runc driver, network namespaces, pid files, files
+//!   replaced atomically.
 
 pub mod bundle;
 pub mod cli;
-mod container;
 pub mod containerd;
-mod derived;
+mod lifecycle;
 mod logging;
-mod netns;
-mod once;
-mod output;
-mod pidfile;
-mod poststop;
-pub mod reaper;
+pub mod os;
 pub mod run;
-pub mod runc;
-mod sidecar;
-mod status;
-mod supervised;

@@ -12,14 +12,14 @@ use tokio::signal::unix::{signal, Signal as SignalStream, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bundle::{Bundle, BundleError};
-use crate::container::{ContainerError, RuncContainer, SignalRoute};
-use crate::output::Sink;
-use crate::pidfile::{PidFileWatch, Started};
-use crate::reaper::Reaper;
-use crate::runc::{Launched, ProcessIo, Runc, RuncConfig, RuncError, Until};
-use crate::sidecar::{SidecarHost, Sidecars};
-use crate::status::{status_path, StatusFile};
-use crate::supervised::RuncLife;
+use crate::lifecycle::container::{ContainerError, RuncContainer, SignalRoute};
+use crate::lifecycle::output::Sink;
+use crate::lifecycle::sidecar::{SidecarHost, Sidecars};
+use crate::lifecycle::status::{status_path, StatusFile};
+use crate::lifecycle::RuncLife;
+use crate::os::pidfile::{PidFileWatch, Started};
+use crate::os::reaper::Reaper;
+use crate::os::runc::{Launched, ProcessIo, Runc, RuncConfig, RuncError, Until};
 
 /// Exit status for a failure of the shim or the runtime rather than the container (as Docker's
 /// 125), so that it is not mistaken for the container's own.
@@ -112,7 +112,7 @@ pub async fn run(options: RunOptions) -> Result<i32, RunError> {
 struct Launch {
     runc: Runc,
     id: String,
-    binds: Vec<crate::once::Bind>,
+    binds: Vec<crate::lifecycle::once::Bind>,
     bundle: PathBuf,
     /// Private directory for pid files and runc's log.
     state: PathBuf,

@@ -7,7 +7,7 @@ use super::options::OptionsError;
 use super::state::IllegalMove;
 use super::stdio::StdioError;
 use crate::bundle::BundleError;
-use crate::runc::RuncError;
+use crate::os::runc::RuncError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -41,10 +41,10 @@ pub enum TaskError {
 }
 
 /// The supervisor's errors are runc's (a failed `runc start`) or the shim's own.
-impl From<crate::container::ContainerError> for TaskError {
-    fn from(error: crate::container::ContainerError) -> TaskError {
+impl From<crate::lifecycle::container::ContainerError> for TaskError {
+    fn from(error: crate::lifecycle::container::ContainerError) -> TaskError {
         match error {
-            crate::container::ContainerError::Runc(error) => TaskError::Runc(error),
+            crate::lifecycle::container::ContainerError::Runc(error) => TaskError::Runc(error),
             other => TaskError::Shim {
                 what: "starting the entrypoint",
                 message: other.to_string(),

@@ -15,7 +15,7 @@ use super::error::TaskError;
 use super::events::{Events, ExitCell, Exited};
 use super::state::State;
 use super::stdio::{self, IoOwner, LoggerContext, StdioPaths};
-use crate::runc::{Launched, Runc};
+use crate::os::runc::{Launched, Runc};
 
 /// The container an exec process runs in, as its task describes it.
 #[derive(Clone)]

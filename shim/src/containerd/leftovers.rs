@@ -10,7 +10,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
-use crate::runc::Runc;
+use crate::os::runc::Runc;
 
 /// How long the killed processes may take to be gone before the exit is published anyway.
 const PATIENCE: Duration = Duration::from_secs(5);

@@ -15,8 +15,18 @@ use nix::unistd::pipe2;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
-use super::stdio::StdioError;
-use crate::reaper::Reaper;
+use crate::os::reaper::Reaper;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogBinaryError {
+    #[error("log URI {0:?} names no binary")]
+    NoBinary(String),
+    #[error("logging binary {path:?}: {source}")]
+    Start {
+        path: String,
+        source: std::io::Error,
+    },
+}
 
 /// The write ends the container gets, once the logging binary is ready.
 pub struct LogPipes {
@@ -76,11 +86,9 @@ pub async fn start(
     container_id: &str,
     namespace: &str,
     reaper: &Reaper,
-) -> Result<LogPipes, StdioError> {
-    let unsupported = || StdioError::Unsupported(format!("log URI {uri:?} names no binary"));
-    let (path, args) = parse(uri).ok_or_else(unsupported)?;
-    let error = |source: std::io::Error| StdioError::Open {
-        stream: "logging binary",
+) -> Result<LogPipes, LogBinaryError> {
+    let (path, args) = parse(uri).ok_or_else(|| LogBinaryError::NoBinary(uri.to_owned()))?;
+    let error = |source: std::io::Error| LogBinaryError::Start {
         path: path.clone(),
         source,
     };

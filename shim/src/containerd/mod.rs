@@ -97,7 +97,7 @@ fn serve(flags: containerd_shim::Flags) -> ExitCode {
         };
     }
     let config = Config {
-        // The shim's own reaper is the only one (see crate::reaper); its logging goes to
+        // The shim's own reaper is the only one (see crate::os::reaper); its logging goes to
         // containerd's log fifo through tracing.
         no_reaper: true,
         no_setup_logger: true,

@@ -13,8 +13,8 @@ use containerd_shim::protos::shim::oci::Options as RuncOptions;
 use serde::{Deserialize, Serialize};
 
 use super::stdio::IoOwner;
-use crate::reaper::Reaper;
-use crate::runc::{Runc, RuncConfig};
+use crate::os::reaper::Reaper;
+use crate::os::runc::{Runc, RuncConfig};
 
 /// Where runc keeps a namespace's containers when `Root` is not set.
 pub const DEFAULT_ROOT: &str = "/run/containerd/lifecycle";

@@ -22,7 +22,7 @@ use super::exec::ExecProcess;
 use super::options::RuntimeOptions;
 use super::state::State;
 use super::task::Task;
-use crate::reaper::Reaper;
+use crate::os::reaper::Reaper;
 
 /// The protobuf package of the cgroup metrics Stats returns, for their type URL.
 const METRICS_PACKAGE: &str = "io.containerd.cgroups.v1";

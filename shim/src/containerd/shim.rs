@@ -13,7 +13,7 @@ use super::events::timestamp;
 use super::options::RuntimeOptions;
 use super::service::Service;
 use super::start::remove_socket;
-use crate::reaper::Reaper;
+use crate::os::reaper::Reaper;
 
 pub struct LifecycleShim {
     id: String,

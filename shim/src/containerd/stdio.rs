@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use super::console::{ConsoleSocket, PendingConsole};
 use super::logbinary;
-use crate::output::Sink;
-use crate::reaper::Reaper;
-use crate::runc::ProcessIo;
+use crate::lifecycle::output::Sink;
+use crate::os::reaper::Reaper;
+use crate::os::runc::ProcessIo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StdioError {
@@ -26,6 +26,19 @@ pub enum StdioError {
     },
     #[error("{0}")]
     Unsupported(String),
+}
+
+impl From<logbinary::LogBinaryError> for StdioError {
+    fn from(error: logbinary::LogBinaryError) -> StdioError {
+        match error {
+            logbinary::LogBinaryError::NoBinary(_) => StdioError::Unsupported(error.to_string()),
+            logbinary::LogBinaryError::Start { path, source } => StdioError::Open {
+                stream: "logging binary",
+                path,
+                source,
+            },
+        }
+    }
 }
 
 /// The paths containerd gave for a process.

@@ -23,13 +23,13 @@ use super::leftovers::Leftovers;
 use super::state::{IllegalMove, State};
 use super::stdio::{self, IoOwner, LoggerContext, StdioPaths};
 use crate::bundle::{Bundle, SpecOrigin};
-use crate::container::{ContainerError, RuncContainer, SignalRoute};
-use crate::output::Sink;
-use crate::reaper::Exit;
-use crate::runc::{Launched, Runc, RuncError, Until};
-use crate::sidecar::{SidecarHost, Sidecars};
-use crate::status::{status_path, StatusFile};
-use crate::supervised::RuncLife;
+use crate::lifecycle::container::{ContainerError, RuncContainer, SignalRoute};
+use crate::lifecycle::output::Sink;
+use crate::lifecycle::sidecar::{SidecarHost, Sidecars};
+use crate::lifecycle::status::{status_path, StatusFile};
+use crate::lifecycle::RuncLife;
+use crate::os::reaper::Exit;
+use crate::os::runc::{Launched, Runc, RuncError, Until};
 
 pub struct Task {
     pub id: String,
@@ -46,7 +46,7 @@ pub struct Task {
     plan: Plan,
     /// The container has a lifecycle spec; without one it behaves exactly as with runc's shim.
     hooks: bool,
-    binds: Vec<crate::once::Bind>,
+    binds: Vec<crate::lifecycle::once::Bind>,
     /// Without a PID namespace of its own, what is left at exit is killed first.
     leftovers: Option<Leftovers>,
     sidecars: Sidecars,

@@ -2,6 +2,14 @@
 //! processes through [`RuncContainer`], sidecars, `once` records in the bundle's volumes, the
 //! entrypoint's start, postStop runs, the health status file, and messages for the user.
 
+pub mod container;
+pub mod hook_process;
+pub mod once;
+pub mod output;
+pub mod poststop;
+pub mod sidecar;
+pub mod status;
+
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,12 +22,12 @@ use lifecycle_hooks::{Container, ExecOutput, ExecRequest, HookReport, Stages};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
-use crate::container::{ContainerError, RuncContainer};
-use crate::once::{begin, Bind, Ticket};
-use crate::output::Sink;
-use crate::poststop::run_post_stop;
-use crate::sidecar::Sidecars;
-use crate::status::StatusFile;
+use crate::lifecycle::container::{ContainerError, RuncContainer};
+use crate::lifecycle::once::{begin, Bind, Ticket};
+use crate::lifecycle::output::Sink;
+use crate::lifecycle::poststop::run_post_stop;
+use crate::lifecycle::sidecar::Sidecars;
+use crate::lifecycle::status::StatusFile;
 
 pub struct RuncLife<'a> {
     pub container: RuncContainer<'a>,

@@ -41,7 +41,7 @@ impl StatusFile {
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| {
                 let bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
-                crate::output::write_atomically(&self.path, &bytes)
+                crate::os::files::write_atomically(&self.path, &bytes)
             });
         if let Err(error) = written {
             tracing::warn!(%error, path = %self.path.display(), "could not write the health status");

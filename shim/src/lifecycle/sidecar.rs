@@ -1,6 +1,6 @@
 //! Sidecars: init containers with `restartPolicy: Always` (Kubernetes' sidecar containers,
 //! Nomad's `sidecar = true`). Each is a container of its own from a derived bundle (see
-//! [`crate::derived`]) that shares the container's network, IPC and UTS namespaces but has its
+//! [`crate::bundle::derived`]) that shares the container's network, IPC and UTS namespaces but has its
 //! own PID namespace, so it keeps running while the entrypoint stops and is stopped after it.
 //! Started in init-container order (the next init container starts once it runs), restarted
 //! with backoff whenever it exits, stopped in reverse order within the grace period.
@@ -19,10 +19,10 @@ use nix::sys::signal::Signal;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{sleep, sleep_until, Instant};
 
-use crate::derived::BaseBundle;
-use crate::output::{HookOutput, Sink};
-use crate::reaper::Exit;
-use crate::runc::{Launched, ProcessIo, Runc, RuncError, Until};
+use crate::bundle::derived::BaseBundle;
+use crate::lifecycle::output::{HookOutput, Sink};
+use crate::os::reaper::Exit;
+use crate::os::runc::{Launched, ProcessIo, Runc, RuncError, Until};
 
 /// The pause before a sidecar that exited is started again. It doubles with each restart up to
 /// [`MAX_BACKOFF`], and starts over after a run that lasted at least that long.

@@ -4,11 +4,9 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use nix::fcntl::{openat, renameat, OFlag};
-use nix::sys::stat::Mode;
 use tokio::net::unix::pipe;
 
 /// How much of a hook's output is kept for its report.
@@ -117,31 +115,4 @@ impl HookOutput {
         let start = self.tail.len().saturating_sub(MAX_TAIL);
         String::from_utf8_lossy(&self.tail[start..]).into_owned()
     }
-}
-
-/// Replaces `path` with `bytes` atomically; see [`replace_in`].
-pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = File::open(path.parent().unwrap_or(std::path::Path::new(".")))?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "names no UTF-8 file"))?;
-    replace_in(&dir, name, bytes)
-}
-
-/// Replaces `name` in directory `dir` with `bytes` atomically (written beside it as
-/// `<name>.lifecycle-tmp`, then renamed over it), so a reader sees the old content or the new,
-/// never half of it. A symlink in the temporary file's place is not followed.
-pub fn replace_in(dir: &impl AsFd, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = format!("{name}.lifecycle-tmp");
-    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW;
-    let fd = openat(
-        dir,
-        tmp.as_str(),
-        flags | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o644),
-    )?;
-    File::from(fd).write_all(bytes)?;
-    renameat(dir, tmp.as_str(), dir, name)?;
-    Ok(())
 }

@@ -90,7 +90,7 @@ impl Ticket {
     pub fn finish(self, succeeded: bool) -> io::Result<()> {
         let status = if succeeded { "succeeded" } else { "failed" };
         let record = serde_json::json!({"key": self.key, "status": status});
-        crate::output::replace_in(&self.dir, &self.sentinel, record.to_string().as_bytes())
+        crate::os::files::replace_in(&self.dir, &self.sentinel, record.to_string().as_bytes())
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::Path;
 use lifecycle_hooks::ExitStatus;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::reaper::Exit;
+use crate::os::reaper::Exit;
 
 // include/uapi/linux/fcntl.h
 const DN_MODIFY: libc::c_int = 0x2;

@@ -14,8 +14,8 @@ use nix::sys::signal::Signal;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
-use crate::pidfile::read_pid;
-use crate::reaper::{Exit, Reaper};
+use crate::os::pidfile::read_pid;
+use crate::os::reaper::{Exit, Reaper};
 
 /// How much of runc's stderr is kept for an error message.
 const MAX_MESSAGE: usize = 4096;

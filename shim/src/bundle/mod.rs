@@ -3,6 +3,8 @@
 //! precedence, `--spec FILE`, the `lifecycle-shim/spec.<container-name>` annotation, or the
 //! `lifecycle-shim/spec` annotation.
 
+pub mod derived;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
@@ -88,7 +90,7 @@ pub struct Bundle {
     annotations: HashMap<String, String>,
     terminal: bool,
     /// Bind mounts: where they appear in the container and their host sources.
-    pub binds: Vec<crate::once::Bind>,
+    pub binds: Vec<crate::lifecycle::once::Bind>,
     /// The container has no PID namespace of its own (it shares the host's, a pod's or another
     /// container's), so its processes outlive its init: runc's `ShouldKillAllOnExit`.
     pub shares_pid_namespace: bool,
@@ -184,7 +186,7 @@ impl Bundle {
         })?;
         for init in &plan.init_containers {
             if let Some(once) = init.once.as_ref() {
-                if crate::once::host_path(&self.binds, &once.path).is_none() {
+                if crate::lifecycle::once::host_path(&self.binds, &once.path).is_none() {
                     return Err(BundleError::OnceOutsideVolume {
                         origin,
                         name: init.name.clone(),

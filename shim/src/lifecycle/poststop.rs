@@ -1,5 +1,5 @@
 //! postStop runs: each handler is a fresh container from a bundle derived from the
-//! container's (see [`crate::derived`]), started after the entrypoint has exited (its
+//! container's (see [`crate::bundle::derived`]), started after the entrypoint has exited (its
 //! namespaces are gone).
 
 use std::io;
@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use lifecycle_hooks::{run_phase, Container, ExecOutput, ExecRequest, HookReport, Phase, Stages};
 use nix::sys::signal::Signal;
 
-use crate::container::{supervise_hook, ContainerError};
-use crate::derived::BaseBundle;
-use crate::output::Sink;
-use crate::runc::{ProcessIo, Runc};
+use crate::bundle::derived::BaseBundle;
+use crate::lifecycle::container::ContainerError;
+use crate::lifecycle::hook_process::supervise_hook;
+use crate::lifecycle::output::Sink;
+use crate::os::runc::{ProcessIo, Runc};
 
 pub struct PostStopContainer<'a> {
     runc: &'a Runc,
