@@ -118,7 +118,7 @@ impl ExecProcess {
         let exec = async {
             Ok::<_, TaskError>(
                 task.runc
-                    .exec_detached(&task.container_id, &process, &pid_file, &log, opened.io)
+                    .exec_process(&task.container_id, &process, &pid_file, &log, opened.io)
                     .await?,
             )
         };

@@ -82,8 +82,8 @@ impl Service {
             .ok_or_else(|| TaskError::NotFound(format!("task {id} not found")))
     }
 
-    fn exec(&self, id: &str, exec_id: &str) -> Result<Arc<ExecProcess>, TaskError> {
-        self.task(id)?.exec(exec_id)
+    fn find_exec(&self, id: &str, exec_id: &str) -> Result<Arc<ExecProcess>, TaskError> {
+        self.task(id)?.exec_process(exec_id)
     }
 
     async fn start(&self, req: StartRequest) -> Result<StartResponse, TaskError> {
@@ -92,7 +92,7 @@ impl Service {
             task.start().await?;
             task.pid
         } else {
-            self.exec(&req.id, &req.exec_id)?
+            self.find_exec(&req.id, &req.exec_id)?
                 .start(task.exec_host())
                 .await?
         };
@@ -107,7 +107,7 @@ impl Service {
         let (state, pid, stdio, exit) = if req.exec_id.is_empty() {
             (task.state(), task.pid, task.stdio.clone(), task.exit.get())
         } else {
-            let exec = self.exec(&req.id, &req.exec_id)?;
+            let exec = self.find_exec(&req.id, &req.exec_id)?;
             (
                 exec.state(),
                 exec.pid(),
@@ -137,7 +137,7 @@ impl Service {
         let exited = if req.exec_id.is_empty() {
             task.exit.wait().await
         } else {
-            self.exec(&req.id, &req.exec_id)?.exit.wait().await
+            self.find_exec(&req.id, &req.exec_id)?.exit.wait().await
         };
         Ok(WaitResponse {
             exit_status: exited.status,
@@ -156,7 +156,8 @@ impl Service {
         if req.exec_id.is_empty() {
             task.kill(signal, req.all).await
         } else {
-            self.exec(&req.id, &req.exec_id)?.kill(&task.runc, signal)
+            self.find_exec(&req.id, &req.exec_id)?
+                .kill(&task.runc, signal)
         }
     }
 
@@ -165,7 +166,7 @@ impl Service {
         let (pid, exited) = if req.exec_id.is_empty() {
             (task.pid, task.delete().await?)
         } else {
-            let exec = self.exec(&req.id, &req.exec_id)?;
+            let exec = self.find_exec(&req.id, &req.exec_id)?;
             let exited = exec.delete()?.unwrap_or_else(|| Exited::now(0));
             task.remove_exec(&req.exec_id);
             (exec.pid(), exited)
@@ -197,7 +198,7 @@ impl Service {
 
     async fn exec_process(&self, req: ExecProcessRequest) -> Result<(), TaskError> {
         let task = self.task(&req.id)?;
-        task.state().exec()?;
+        task.state().may_exec()?;
         task.add_exec(&req).await
     }
 
@@ -291,7 +292,7 @@ impl Service {
         let task = self.task(&req.id)?;
         let (width, height) = (req.width as u16, req.height as u16);
         if !req.exec_id.is_empty() {
-            return self.exec(&req.id, &req.exec_id)?.resize(width, height);
+            return self.find_exec(&req.id, &req.exec_id)?.resize(width, height);
         }
         match &task.console {
             Some(console) => console

@@ -46,7 +46,7 @@ impl State {
     }
 
     /// Whether a process may be exec'd in: once Start was called and until it ends. Not a move.
-    pub fn exec(self) -> Result<State, IllegalMove> {
+    pub fn may_exec(self) -> Result<State, IllegalMove> {
         self.require("exec in", &[State::Starting, State::Running], self)
     }
 
@@ -153,8 +153,8 @@ mod tests {
         assert!(State::Running.delete().is_err());
         assert!(State::Created.pause().is_err());
         assert!(State::Deleted.exit().is_err());
-        assert!(State::Created.exec().is_err());
-        assert!(State::Stopped.exec().is_err());
+        assert!(State::Created.may_exec().is_err());
+        assert!(State::Stopped.may_exec().is_err());
         assert!(State::Running.start_failed().is_err());
     }
 
@@ -163,8 +163,8 @@ mod tests {
         // The entrypoint ended while runc start returned: it stays stopped.
         assert_eq!(State::Stopped.started().unwrap(), State::Stopped);
         assert_eq!(State::Starting.start_failed().unwrap(), State::Created);
-        assert_eq!(State::Starting.exec().unwrap(), State::Starting);
-        assert_eq!(State::Running.exec().unwrap(), State::Running);
+        assert_eq!(State::Starting.may_exec().unwrap(), State::Starting);
+        assert_eq!(State::Running.may_exec().unwrap(), State::Running);
     }
 
     #[test]

@@ -319,7 +319,7 @@ impl Task {
         }
     }
 
-    pub fn exec(&self, exec_id: &str) -> Result<Arc<ExecProcess>, TaskError> {
+    pub fn exec_process(&self, exec_id: &str) -> Result<Arc<ExecProcess>, TaskError> {
         self.lock_execs()
             .get(exec_id)
             .cloned()

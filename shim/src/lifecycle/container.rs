@@ -91,7 +91,7 @@ impl Container for RuncContainer<'_> {
         let n = self.execs.fetch_add(1, Ordering::Relaxed) + 1;
         let pid_file = self.state.join(format!("exec-{n}.pid"));
         supervise_hook(&request, &self.sink, pid_file, |writer, pid_file| {
-            Ok(self.runc.exec(&self.id, &request, pid_file, writer)?)
+            Ok(self.runc.exec_hook(&self.id, &request, pid_file, writer)?)
         })
         .await
     }

@@ -216,7 +216,7 @@ impl Runc {
 
     /// Starts a process described by an OCI process JSON file in the container and returns once
     /// it runs; it is then a child of the shim (as subreaper), its pid in `pid_file`.
-    pub async fn exec_detached(
+    pub async fn exec_process(
         &self,
         id: &str,
         process: &Path,
@@ -320,7 +320,7 @@ impl Runc {
     }
 
     /// Starts `runc exec` for a hook; its stdout and stderr (and runc's errors) go to `output`.
-    pub fn exec(
+    pub fn exec_hook(
         &self,
         id: &str,
         request: &ExecRequest<'_>,
