@@ -187,6 +187,12 @@ pub async fn run_hook<C: Container>(
 ) -> HookReport {
     let start = Instant::now();
     let deadline = earliest(hook.timeout.map(|t| start + t), outer);
+    let mut cancelled = Cancelled {
+        phase,
+        handler: hook.action.name(),
+        start,
+        armed: true,
+    };
     let report = match &hook.action {
         Action::Exec { command } => {
             let request = ExecRequest {
@@ -199,7 +205,7 @@ pub async fn run_hook<C: Container>(
             exec(c, phase, None, request).await
         }
         Action::HttpGet(get) => {
-            let mut report = report(phase, None, "httpGet", start);
+            let mut report = report(phase, None, hook.action.name(), start);
             match http::get(c, get, deadline).await {
                 Err(error) => report.result = Err(error.into()),
                 Ok(response) => {
@@ -214,7 +220,7 @@ pub async fn run_hook<C: Container>(
         }
         Action::Sleep(duration) => {
             let wake = start + *duration;
-            let mut report = report(phase, None, "sleep", start);
+            let mut report = report(phase, None, hook.action.name(), start);
             match outer.filter(|&at| at < wake) {
                 Some(at) => {
                     sleep_until(at).await;
@@ -225,7 +231,32 @@ pub async fn run_hook<C: Container>(
             report
         }
     };
+    cancelled.armed = false;
     finish(c, report, start)
+}
+
+/// Logs a handler whose future was dropped before it finished (the container exited, or SIGKILL
+/// cut PreStop short), so that every hook run has its event.
+struct Cancelled {
+    phase: Phase,
+    handler: &'static str,
+    start: Instant,
+    armed: bool,
+}
+
+impl Drop for Cancelled {
+    fn drop(&mut self) {
+        if self.armed {
+            let duration_ms = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+            tracing::info!(
+                phase = self.phase.as_str(),
+                handler = self.handler,
+                duration_ms,
+                outcome = "cancelled",
+                "hook cancelled before it finished"
+            );
+        }
+    }
 }
 
 /// Why the init containers did not all succeed.

@@ -70,6 +70,17 @@ pub enum Action {
     Sleep(Duration),
 }
 
+impl Action {
+    /// The handler's kind, as the spec names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Exec { .. } => "exec",
+            Action::HttpGet(_) => "httpGet",
+            Action::Sleep(_) => "sleep",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpGet {
     pub scheme: Scheme,

@@ -53,7 +53,8 @@ fn poststart_exec_runs_inside_the_container_beside_the_entrypoint() {
     assert_eq!(bundle.lines("env"), [format!("postStart {} 0", bundle.id)]);
     assert!(bundle.rootfs().join("tmp/ready").exists());
     done.assert_stderr_has("[postStart] hook says hi");
-    // Logged as finished, or as cut short when the entrypoint's exit beat the hook's own.
+    // Logged as finished, as cut short, or as cancelled when the entrypoint's exit beat the
+    // hook's own (the supervisor then drops it).
     done.assert_stderr_has("phase=\"postStart\" handler=\"exec\"");
     bundle.assert_clean();
 }
@@ -454,6 +455,9 @@ fn prestop_never_runs_when_the_entrypoint_exits_by_itself_and_poststart_is_cance
         bundle.lines("order")
     );
     assert!(!done.stderr.contains("preStop"), "{}", done.stderr);
+    // The PostStart dropped at the exit still has its event.
+    done.assert_stderr_has("phase=\"postStart\" handler=\"exec\"");
+    done.assert_stderr_has("outcome=\"cancelled\"");
     bundle.assert_clean();
 }
 
