@@ -290,13 +290,18 @@ impl Task {
             // runc is asked all the same, as runc's shim does: containerd's SIGKILL with `all`
             // before a delete still reaches whatever is left in the container's cgroup.
             State::Stopped => return self.signal(signal, all).await,
-            // The entrypoint has not run: the supervisor ends the init sequence and the
-            // container (a SIGKILL is on its way already).
+            // The entrypoint has not run (or `runc start` is returning): the supervisor ends
+            // the init sequence and the container. A SIGKILL also goes straight to it, in case
+            // the entrypoint already runs; either may find it gone first.
             State::Starting => {
                 if signal != Signal::SIGKILL {
                     let _ = self.requests.send(Request::Stop(signal));
+                    return Ok(());
                 }
-                return Ok(());
+                return match self.signal(signal, all).await {
+                    Err(TaskError::NotFound(_)) => Ok(()),
+                    result => result,
+                };
             }
             State::Created | State::Running | State::Paused => {}
         }
