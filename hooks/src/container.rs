@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::plan::{InitContainer, Once};
+use crate::plan::InitContainer;
 
 /// Which part of the lifecycle a process belongs to; also its `LIFECYCLE_PHASE` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,20 +135,22 @@ pub trait Container {
 }
 
 /// A container that takes the whole init sequence: besides runs to completion, sidecars
-/// started beside it and `once` steps gated by a record of their success.
+/// started beside it, and init containers skipped when a record says they already succeeded
+/// (a `once` step's volume, a pod sandbox's record of its containers' init containers).
 pub trait InitHost: Container {
     /// Starts a sidecar (an init container with `restartPolicy: Always`) beside the container;
     /// returns once it runs.
     fn start_sidecar(&self, init: &InitContainer) -> impl Future<Output = Result<(), Self::Error>>;
 
-    /// Opens a `once` step: `None` when it already succeeded for its key.
-    fn begin_once(
+    /// Opens an init container's run: `None` when it already succeeded and is skipped;
+    /// otherwise a ticket that records its outcome.
+    fn begin_init(
         &self,
-        once: &Once,
-    ) -> impl Future<Output = Result<Option<Box<dyn OnceTicket>>, Self::Error>>;
+        init: &InitContainer,
+    ) -> impl Future<Output = Result<Option<Box<dyn InitTicket>>, Self::Error>>;
 }
 
-/// Records whether a `once` step's init container succeeded, so that it is skipped next time.
-pub trait OnceTicket: Send {
+/// Records whether an init container succeeded, so that it is skipped next time.
+pub trait InitTicket: Send {
     fn finish(self: Box<Self>, succeeded: bool) -> io::Result<()>;
 }

@@ -279,8 +279,8 @@ impl fmt::Display for InitFailure {
 }
 
 /// The init sequence: the init containers one after another, each run to completion, a sidecar
-/// started beside the container instead, a `once` step skipped when its record says it already
-/// succeeded. It stops at the first that does not succeed (or, for a sidecar, does not start).
+/// started beside the container instead, one skipped when its record says it already succeeded
+/// (see [`InitHost::begin_init`]). It stops at the first that does not succeed (or, for a sidecar, does not start).
 pub async fn run_init_containers<C: InitHost>(
     c: &C,
     inits: &[InitContainer],
@@ -298,30 +298,25 @@ pub async fn run_init_containers<C: InitHost>(
             tracing::info!(name = %init.name, "sidecar started");
             continue;
         }
-        let ticket = match &init.once {
-            None => None,
-            Some(once) => match c.begin_once(once).await {
-                Ok(None) => {
-                    tracing::info!(name = %init.name, key = %once.key, "init container already succeeded for this key; skipped");
-                    continue;
-                }
-                Ok(Some(ticket)) => Some(ticket),
-                Err(error) => {
-                    let report = failed(report(Phase::Init, name, "once", start), error);
-                    return Err(InitFailure {
-                        report: finish(c, report, start),
-                    });
-                }
-            },
+        let ticket = match c.begin_init(init).await {
+            Ok(Some(ticket)) => ticket,
+            Ok(None) => {
+                tracing::info!(name = %init.name, "init container already succeeded; skipped");
+                continue;
+            }
+            Err(error) => {
+                let report = failed(report(Phase::Init, name, "record", start), error);
+                return Err(InitFailure {
+                    report: finish(c, report, start),
+                });
+            }
         };
         let label = format!("init:{}", init.name);
         let request = ExecRequest::init(init, &label, init.timeout.map(|t| start + t));
         let report = finish(c, exec(c, Phase::Init, name, request).await, start);
         let succeeded = report.result.is_ok();
-        if let Some(ticket) = ticket {
-            if let Err(error) = ticket.finish(succeeded) {
-                tracing::warn!(name = %init.name, %error, "could not record the once step's outcome");
-            }
+        if let Err(error) = ticket.finish(succeeded) {
+            tracing::warn!(name = %init.name, %error, "could not record the init container's outcome");
         }
         if !succeeded {
             return Err(InitFailure { report });

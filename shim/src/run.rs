@@ -224,6 +224,7 @@ impl Launch {
             ),
             sidecars,
             binds: &self.binds,
+            sandbox: None,
             started_with_the_container,
             bundle: self.bundle.clone(),
             post_stop_base: self.id.clone(),

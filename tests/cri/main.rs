@@ -25,6 +25,7 @@ use serde_json::json;
 use support::sidecars::{AWAIT_LOGGER, LOGGER_SIDECAR};
 use support::{make_busybox_rootfs, prerequisites, read_lines, wait_until, write_executable};
 
+mod restarts;
 mod runcv2;
 
 const BUSYBOX: &str = "docker.io/library/lcs-busybox:test";
@@ -145,7 +146,7 @@ impl Env {
     }
 
     fn container_log(&self, pod: &Pod, name: &str) -> String {
-        std::fs::read_to_string(pod.log_directory.join(format!("{name}.log"))).unwrap_or_default()
+        std::fs::read_to_string(pod.log_directory.join(format!("{name}.0.log"))).unwrap_or_default()
     }
 }
 

@@ -96,6 +96,15 @@ impl Cri {
         }
     }
 
+    /// Whether the CRI plugin answers (after a containerd restart it takes a moment).
+    pub fn answers(&self) -> bool {
+        let mut client = self.client.clone();
+        let request = ListContainersRequest::default();
+        self.runtime
+            .block_on(client.list_containers(request))
+            .is_ok()
+    }
+
     pub fn run_pod(&self, pod: &Pod) -> String {
         let request = RunPodSandboxRequest {
             config: Some(pod.config()),
@@ -119,10 +128,24 @@ impl Cri {
         command: &[&str],
         mounts: &[(&str, &Path)],
     ) -> String {
+        self.create_container_attempt(pod_id, pod, (name, 0), image, command, mounts)
+    }
+
+    /// The same, as the kubelet creates a container again after it exited: the same name in
+    /// the same sandbox, its restart count as the attempt.
+    pub fn create_container_attempt(
+        &self,
+        pod_id: &str,
+        pod: &Pod,
+        (name, attempt): (&str, u32),
+        image: &str,
+        command: &[&str],
+        mounts: &[(&str, &Path)],
+    ) -> String {
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: name.into(),
-                attempt: 0,
+                attempt,
             }),
             image: Some(ImageSpec {
                 image: image.into(),
@@ -137,7 +160,7 @@ impl Cri {
                     ..Default::default()
                 })
                 .collect(),
-            log_path: format!("{name}.log"),
+            log_path: format!("{name}.{attempt}.log"),
             linux: Some(LinuxContainerConfig {
                 security_context: Some(LinuxContainerSecurityContext {
                     namespace_options: Some(pod.namespaces()),

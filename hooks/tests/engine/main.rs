@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use lifecycle_hooks::container::{
-    Container, ExecOutput, ExecRequest, ExitStatus, InitHost, OnceTicket, Phase,
+    Container, ExecOutput, ExecRequest, ExitStatus, InitHost, InitTicket, Phase,
 };
-use lifecycle_hooks::plan::{InitContainer, Once};
+use lifecycle_hooks::plan::InitContainer;
 use lifecycle_hooks::{
     run_hook, run_init_containers, run_phase, terminate, Defaults, HookFailure, Plan,
 };
@@ -180,14 +180,14 @@ impl Container for Fake {
 
 /// Records a `once` key as succeeded when its step does.
 struct FakeTicket {
-    key: String,
+    key: Option<String>,
     done: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-impl OnceTicket for FakeTicket {
+impl InitTicket for FakeTicket {
     fn finish(self: Box<Self>, succeeded: bool) -> io::Result<()> {
-        if succeeded {
-            self.done.lock().unwrap().push(self.key);
+        if let Some(key) = self.key.filter(|_| succeeded) {
+            self.done.lock().unwrap().push(key);
         }
         Ok(())
     }
@@ -203,12 +203,20 @@ impl InitHost for Fake {
         }
     }
 
-    async fn begin_once(&self, once: &Once) -> Result<Option<Box<dyn OnceTicket>>, FakeError> {
-        if self.once_done.lock().unwrap().contains(&once.key) {
+    /// Records `once` keys; other init containers always run.
+    async fn begin_init(
+        &self,
+        init: &InitContainer,
+    ) -> Result<Option<Box<dyn InitTicket>>, FakeError> {
+        let key = init.once.as_ref().map(|once| once.key.clone());
+        if key
+            .as_ref()
+            .is_some_and(|k| self.once_done.lock().unwrap().contains(k))
+        {
             return Ok(None);
         }
         Ok(Some(Box::new(FakeTicket {
-            key: once.key.clone(),
+            key,
             done: self.once_done.clone(),
         })))
     }

@@ -153,6 +153,11 @@ impl Bundle {
         })
     }
 
+    /// The value of an annotation of the bundle's config.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.get(key).map(String::as_str)
+    }
+
     /// Fails if the bundle asks for a terminal, which `run` does not allocate.
     pub fn refuse_terminal(&self) -> Result<(), BundleError> {
         if self.terminal {

@@ -25,6 +25,7 @@ use super::stdio::{self, IoOwner, LoggerContext, StdioPaths};
 use crate::bundle::{Bundle, SpecOrigin};
 use crate::lifecycle::container::{ContainerError, RuncContainer, SignalRoute};
 use crate::lifecycle::output::Sink;
+use crate::lifecycle::sandbox::SandboxRecord;
 use crate::lifecycle::sidecar::{SidecarHost, Sidecars};
 use crate::lifecycle::status::{status_path, StatusFile};
 use crate::lifecycle::RuncLife;
@@ -47,6 +48,8 @@ pub struct Task {
     /// The container has a lifecycle spec; without one it behaves exactly as with runc's shim.
     hooks: bool,
     binds: Vec<crate::lifecycle::once::Bind>,
+    /// Under CRI: the pod sandbox's record of the init containers that already succeeded.
+    sandbox: Option<SandboxRecord>,
     /// Without a PID namespace of its own, what is left at exit is killed first.
     leftovers: Option<Leftovers>,
     sidecars: Sidecars,
@@ -140,6 +143,8 @@ impl Task {
             sink.clone().unwrap_or(Sink::Stderr),
         );
         let (requests, received) = mpsc::unbounded_channel();
+        // The init containers as specified: another spec runs them again.
+        let sandbox = SandboxRecord::of(&bundle, format!("{:?}", plan.init_containers));
         let task = Arc::new(Task {
             id: req.id.clone(),
             bundle: bundle_path,
@@ -158,6 +163,7 @@ impl Task {
             plan,
             hooks,
             binds: bundle.binds.clone(),
+            sandbox,
             leftovers: bundle.shares_pid_namespace.then(|| Leftovers::of(pid)),
             sidecars,
             rootfs_mounted,
@@ -243,6 +249,7 @@ impl Task {
             ),
             sidecars: &self.sidecars,
             binds: &self.binds,
+            sandbox: self.sandbox.clone(),
             started_with_the_container: false,
             bundle: self.bundle.clone(),
             post_stop_base: format!("{}-lifecycle", self.id),

@@ -7,6 +7,7 @@ pub mod hook_process;
 pub mod once;
 pub mod output;
 pub mod poststop;
+pub mod sandbox;
 pub mod sidecar;
 pub mod status;
 
@@ -14,9 +15,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use lifecycle_hooks::container::{InitHost, OnceTicket};
+use lifecycle_hooks::container::{InitHost, InitTicket};
 use lifecycle_hooks::health::HealthResult;
-use lifecycle_hooks::plan::{InitContainer, Once};
+use lifecycle_hooks::plan::InitContainer;
 use lifecycle_hooks::supervisor::Supervised;
 use lifecycle_hooks::{Container, ExecOutput, ExecRequest, HookReport, Stages};
 use nix::sys::signal::Signal;
@@ -26,6 +27,7 @@ use crate::lifecycle::container::{ContainerError, RuncContainer};
 use crate::lifecycle::once::{begin, Bind, Ticket};
 use crate::lifecycle::output::Sink;
 use crate::lifecycle::poststop::run_post_stop;
+use crate::lifecycle::sandbox::SandboxRecord;
 use crate::lifecycle::sidecar::Sidecars;
 use crate::lifecycle::status::StatusFile;
 
@@ -33,6 +35,8 @@ pub struct RuncLife<'a> {
     pub container: RuncContainer<'a>,
     pub sidecars: &'a Sidecars,
     pub binds: &'a [Bind],
+    /// Under CRI: the pod sandbox's record of the init containers that already succeeded.
+    pub sandbox: Option<SandboxRecord>,
     /// `runc run` started the entrypoint with the container: there is nothing to start.
     pub started_with_the_container: bool,
     /// postStop runs are derived from this bundle, keep their state under `state`, and are
@@ -45,9 +49,22 @@ pub struct RuncLife<'a> {
     pub sink: Sink,
 }
 
-impl OnceTicket for Ticket {
+/// The outcome of an init container for its `once` volume and its pod sandbox's record.
+struct Recording {
+    name: String,
+    once: Option<Ticket>,
+    sandbox: Option<SandboxRecord>,
+}
+
+impl InitTicket for Recording {
     fn finish(self: Box<Self>, succeeded: bool) -> io::Result<()> {
-        Ticket::finish(*self, succeeded)
+        if let Some(once) = self.once {
+            once.finish(succeeded)?;
+        }
+        match &self.sandbox {
+            Some(sandbox) if succeeded => sandbox.record(&self.name),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -80,11 +97,33 @@ impl InitHost for RuncLife<'_> {
         Ok(self.sidecars.start(init).await?)
     }
 
-    async fn begin_once(&self, once: &Once) -> Result<Option<Box<dyn OnceTicket>>, ContainerError> {
-        let ticket = begin(self.binds, once)
-            .await
-            .map_err(ContainerError::Once)?;
-        Ok(ticket.map(|t| Box::new(t) as Box<dyn OnceTicket>))
+    /// Skipped when the pod sandbox's record, or the `once` step's volume, says it succeeded.
+    async fn begin_init(
+        &self,
+        init: &InitContainer,
+    ) -> Result<Option<Box<dyn InitTicket>>, ContainerError> {
+        if self
+            .sandbox
+            .as_ref()
+            .is_some_and(|s| s.succeeded(&init.name))
+        {
+            return Ok(None);
+        }
+        let once = match &init.once {
+            None => None,
+            Some(once) => match begin(self.binds, once)
+                .await
+                .map_err(ContainerError::Once)?
+            {
+                None => return Ok(None),
+                ticket => ticket,
+            },
+        };
+        Ok(Some(Box::new(Recording {
+            name: init.name.clone(),
+            once,
+            sandbox: self.sandbox.clone(),
+        })))
     }
 }
 
