@@ -76,6 +76,9 @@ pub struct Outcome {
     pub ended: Ended,
     /// PostStart failed (and stopped the container).
     pub hook_failed: bool,
+    /// Why a hook stopped the container (a failed PostStart, an unhealthy health check), as
+    /// reported.
+    pub stopped_by: Option<String>,
 }
 
 impl Outcome {
@@ -88,6 +91,15 @@ impl Outcome {
             Ended::InitFailed(failure) => failure.exit_code(),
             Ended::StoppedBeforeStart(signal) => 128 + *signal as i32,
             Ended::StartFailed => 128 + Signal::SIGKILL as i32,
+        }
+    }
+
+    /// Why a hook failure ended the container, for its termination message: the failed init
+    /// container, PostStart or health check, with the hook's output.
+    pub fn failure(&self) -> Option<String> {
+        match &self.ended {
+            Ended::InitFailed(failure) => Some(format!("{}: {failure}", failure.report.reason())),
+            _ => self.stopped_by.clone(),
         }
     }
 
@@ -114,6 +126,7 @@ pub async fn supervise<S: Supervised>(
         Some(ended) => Outcome {
             ended,
             hook_failed: false,
+            stopped_by: None,
         },
         None => {
             started();
@@ -245,20 +258,26 @@ async fn running<S: Supervised>(
     });
     // Dropped when SIGKILL cuts it short, which kills a PreStop still running.
     let mut stop = Some(Box::pin(terminate(c, plan)));
-    let (mut lifecycle_done, mut hook_failed) = (false, false);
+    let (mut lifecycle_done, mut hook_failed, mut stopped_by) = (false, false, None);
     loop {
         let stopping = stop_began.is_some() && stop.is_some();
         tokio::select! {
-            status = exit.as_mut() => return Outcome { ended: Ended::Exited(status), hook_failed },
+            status = exit.as_mut() => return Outcome { ended: Ended::Exited(status), hook_failed, stopped_by },
             ended = &mut lifecycle, if !lifecycle_done => {
                 lifecycle_done = true;
                 stop_began.get_or_insert_with(Instant::now);
                 match ended {
                     Alarm::PostStartFailed(report) => {
-                        c.report(&format!("{}: {report}", report.reason()));
+                        let message = format!("{}: {report}", report.reason());
+                        c.report(&message);
+                        stopped_by = Some(message);
                         hook_failed = true;
                     }
-                    Alarm::Unhealthy => c.report("health check critical too many times in a row; stopping"),
+                    Alarm::Unhealthy => {
+                        let message = "health check critical too many times in a row; stopping";
+                        c.report(message);
+                        stopped_by = Some(message.to_owned());
+                    }
                 }
             }
             Some(request) = requests.recv() => match request {

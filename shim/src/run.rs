@@ -142,6 +142,7 @@ impl Launch {
             Started::Exited(status) => Outcome {
                 ended: Ended::Exited(status),
                 hook_failed: false,
+                stopped_by: None,
             },
             Started::Running(pid) => {
                 let sidecars = self.sidecars(plan, pid);

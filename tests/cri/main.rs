@@ -27,6 +27,7 @@ use support::{make_busybox_rootfs, prerequisites, read_lines, wait_until, write_
 
 mod restarts;
 mod runcv2;
+mod termination;
 
 const BUSYBOX: &str = "docker.io/library/lcs-busybox:test";
 const PAUSE: &str = "docker.io/library/lcs-pause:test";

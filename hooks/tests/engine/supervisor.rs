@@ -119,6 +119,12 @@ async fn a_failed_poststart_runs_prestop_and_never_looks_like_success() {
     );
     // Its TERM trap exits 0, but a failed PostStart is a failure.
     assert_eq!(outcome.code(), 1);
+    let failure = outcome.failure().unwrap();
+    assert!(
+        failure.starts_with("FailedPostStartHook: postStart exec failed"),
+        "{failure}"
+    );
+    assert!(failure.ends_with("boom"), "the hook's output: {failure}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -151,6 +157,11 @@ async fn a_failed_init_container_kills_the_container_and_skips_poststop() {
     );
     assert!(matches!(outcome.ended, Ended::InitFailed(_)));
     assert_eq!(outcome.code(), 3, "the init container's own status");
+    let failure = outcome.failure().unwrap();
+    assert!(
+        failure.starts_with("FailedInitContainer: init container"),
+        "{failure}"
+    );
     assert!(!outcome.entrypoint_started());
 }
 
@@ -304,4 +315,28 @@ async fn a_stop_during_the_init_containers_ends_them_without_starting_the_entryp
     );
     assert_eq!(outcome.code(), 128 + 15, "the stop request's signal");
     assert!(!outcome.entrypoint_started());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unhealthy_container_is_stopped_and_says_why() {
+    let mut fake = Fake::new();
+    fake.traps_term = true;
+    fake.codes.borrow_mut().extend([2, 2]);
+    let json = r#"{"healthCheck": {"exec": {"command": ["code"]}, "periodSeconds": 1,
+                   "onCritical": "kill", "criticalThreshold": 2}}"#;
+    let outcome = life(&fake, json, None, vec![]).await;
+    assert_eq!(
+        outcome.failure().as_deref(),
+        Some("health check critical too many times in a row; stopping")
+    );
+    assert_eq!(
+        outcome.code(),
+        0,
+        "the container's own status after its stop signal"
+    );
+    let events = fake.events();
+    assert!(
+        events.iter().any(|(_, e)| e == "signal SIGTERM"),
+        "{events:?}"
+    );
 }

@@ -28,6 +28,7 @@ use crate::lifecycle::output::Sink;
 use crate::lifecycle::sandbox::SandboxRecord;
 use crate::lifecycle::sidecar::{SidecarHost, Sidecars};
 use crate::lifecycle::status::{status_path, StatusFile};
+use crate::lifecycle::termination::TerminationLog;
 use crate::lifecycle::RuncLife;
 use crate::os::reaper::Exit;
 use crate::os::runc::{Launched, Runc, RuncError, Until};
@@ -50,6 +51,8 @@ pub struct Task {
     binds: Vec<crate::lifecycle::once::Bind>,
     /// Under CRI: the pod sandbox's record of the init containers that already succeeded.
     sandbox: Option<SandboxRecord>,
+    /// Under the kubelet: where the container's termination message goes.
+    termination: Option<TerminationLog>,
     /// Without a PID namespace of its own, what is left at exit is killed first.
     leftovers: Option<Leftovers>,
     sidecars: Sidecars,
@@ -164,6 +167,7 @@ impl Task {
             hooks,
             binds: bundle.binds.clone(),
             sandbox,
+            termination: TerminationLog::of(&bundle),
             leftovers: bundle.shares_pid_namespace.then(|| Leftovers::of(pid)),
             sidecars,
             rootfs_mounted,
@@ -276,6 +280,12 @@ impl Task {
         let outcome = supervise(&life, &self.plan, exit, &mut requests, started).await;
         // Closes the stream hook output went to, so containerd sees it end.
         drop(life);
+        // Read by the kubelet once the exit is published.
+        if let (Some(log), Some(message)) = (&self.termination, outcome.failure()) {
+            if let Err(error) = log.write(&message) {
+                tracing::warn!(container = %self.id, %error, "could not write the termination message");
+            }
+        }
         self.exited(outcome.code()).await;
     }
 
