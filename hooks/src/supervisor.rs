@@ -6,10 +6,11 @@
 
 use std::future::Future;
 use std::pin::{pin, Pin};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::time::{sleep_until, Instant};
 
 use crate::container::{ExitStatus, InitHost, Phase};
 use crate::engine::{kill_deadline, run_init_containers, run_phase, terminate};
@@ -42,9 +43,13 @@ pub trait Supervised: InitHost {
 #[derive(Debug)]
 pub enum Request<E> {
     /// Run the init sequence, then start the entrypoint. The answer comes once the entrypoint
-    /// runs, or at once when there are init containers (they may take longer than a caller
-    /// waits); an error means it could not start.
-    Start(oneshot::Sender<Result<(), E>>),
+    /// runs (an error means it could not start); with init containers, at the latest after
+    /// `wait`, and the rest goes on in the background (they may take longer than a caller
+    /// waits).
+    Start {
+        reply: oneshot::Sender<Result<(), E>>,
+        wait: Duration,
+    },
     /// A graceful stop (the stop signal or SIGTERM): the shutdown delay and PreStop within the
     /// grace period, the stop signal, SIGKILL at the deadline. Before the entrypoint started,
     /// the init sequence ends and the container is killed.
@@ -142,7 +147,7 @@ pub async fn supervise<S: Supervised>(
             Some(request) = requests.recv() => match request {
                 Request::Kill => c.kill_sidecars(),
                 // It has ended: a Start is answered by the sender's end closing.
-                Request::Start(_) | Request::Stop(_) => {}
+                Request::Start { .. } | Request::Stop(_) => {}
             },
         }
     }
@@ -162,11 +167,11 @@ async fn before_start<S: Supervised>(
     mut exit: Pin<&mut impl Future<Output = ExitStatus>>,
     requests: &mut mpsc::UnboundedReceiver<Request<S::Error>>,
 ) -> Option<Ended> {
-    let reply = loop {
+    let (reply, wait) = loop {
         tokio::select! {
             status = exit.as_mut() => return Some(Ended::DiedBeforeStart(status)),
             Some(request) = requests.recv() => match request {
-                Request::Start(reply) => break reply,
+                Request::Start { reply, wait } => break (reply, wait),
                 // Before Start the front end signals the container itself.
                 Request::Stop(_) | Request::Kill => {}
             },
@@ -184,30 +189,51 @@ async fn before_start<S: Supervised>(
             }
         }
     } else {
-        // Init containers may take longer than the caller waits for Start.
-        let _ = reply.send(Ok(()));
-        let inits = run_init_containers(c, &plan.init_containers);
-        tokio::select! {
-            biased;
-            Some(signal) = stop_requested(requests) => {
-                tracing::info!(%signal, "stop requested before the entrypoint started");
-                Ended::StoppedBeforeStart(signal)
+        // Init containers may take longer than the caller waits for Start: it is answered
+        // once they are done, or at `wait`.
+        let answer_by = Instant::now() + wait;
+        let mut reply = Some(reply);
+        let answer = |reply: &mut Option<oneshot::Sender<Result<(), S::Error>>>| {
+            if let Some(reply) = reply.take() {
+                let _ = reply.send(Ok(()));
             }
-            status = exit.as_mut() => return Some(Ended::DiedBeforeStart(status)),
-            result = inits => match result {
-                Err(failure) => {
-                    c.report(&format!("{failure}; the entrypoint was not started"));
-                    Ended::InitFailed(failure)
+        };
+        let mut inits = pin!(run_init_containers(c, &plan.init_containers));
+        let ended = loop {
+            tokio::select! {
+                biased;
+                Some(signal) = stop_requested(requests) => {
+                    tracing::info!(%signal, "stop requested before the entrypoint started");
+                    break Ended::StoppedBeforeStart(signal);
                 }
-                Ok(()) => match c.start_entrypoint().await {
-                    Ok(()) => return None,
-                    Err(error) => {
-                        c.report(&format!("starting the entrypoint failed: {error}"));
-                        Ended::StartFailed
+                status = exit.as_mut() => {
+                    answer(&mut reply);
+                    return Some(Ended::DiedBeforeStart(status));
+                }
+                () = sleep_until(answer_by), if reply.is_some() => {
+                    tracing::info!("init containers still running; Start answered");
+                    answer(&mut reply);
+                }
+                result = &mut inits => break match result {
+                    Err(failure) => {
+                        c.report(&format!("{failure}; the entrypoint was not started"));
+                        Ended::InitFailed(failure)
                     }
+                    Ok(()) => match c.start_entrypoint().await {
+                        Ok(()) => {
+                            answer(&mut reply);
+                            return None;
+                        }
+                        Err(error) => {
+                            c.report(&format!("starting the entrypoint failed: {error}"));
+                            Ended::StartFailed
+                        }
+                    },
                 },
-            },
-        }
+            }
+        };
+        answer(&mut reply);
+        ended
     };
     // It never ran: the container goes.
     if let Err(error) = c.signal(Signal::SIGKILL).await {
@@ -223,7 +249,7 @@ async fn stop_requested<E>(requests: &mut mpsc::UnboundedReceiver<Request<E>>) -
         match requests.recv().await? {
             Request::Stop(signal) => return Some(signal),
             Request::Kill => return Some(Signal::SIGKILL),
-            Request::Start(reply) => drop(reply.send(Ok(()))),
+            Request::Start { reply, .. } => drop(reply.send(Ok(()))),
         }
     }
 }
@@ -293,7 +319,7 @@ async fn running<S: Supervised>(
                     stop_began.get_or_insert_with(Instant::now);
                     c.kill_sidecars();
                 }
-                Request::Start(reply) => drop(reply.send(Ok(()))),
+                Request::Start { reply, .. } => drop(reply.send(Ok(()))),
             },
             () = async { stop.as_mut().expect("polled only while stopping").await }, if stopping => {
                 stop = None;

@@ -87,7 +87,11 @@ pub async fn run(options: RunOptions) -> Result<i32, RunError> {
     };
     let (requests, mut received) = mpsc::unbounded_channel();
     // Start first: a stop requested meanwhile comes after it, and is kept.
-    let _ = requests.send(Request::Start(oneshot::channel().0));
+    // Nobody waits for the answer.
+    let _ = requests.send(Request::Start {
+        reply: oneshot::channel().0,
+        wait: std::time::Duration::ZERO,
+    });
     tokio::spawn(async move {
         loop {
             let signal = stops.recv().await;

@@ -163,8 +163,9 @@ fn sigkill_during_prestop_kills_at_once() {
     env.assert_clean(&["victim"]);
 }
 
-/// Start returns while an init container still runs: here one that waits for the test, so it
-/// would outlast any deadline containerd or the CRI plugin puts on Start.
+/// Start returns while an init container still runs, once its wait is over (1 s in this
+/// harness): here one that waits for the test, so it would outlast any deadline containerd or
+/// the CRI plugin puts on Start.
 #[test]
 fn start_returns_while_init_containers_run() {
     let Some(env) = Env::new() else { return };

@@ -1,6 +1,7 @@
-//! The kubelet restarting a container in the same pod sandbox: init containers run once per
-//! sandbox (not again for a restart, again for a new sandbox), as in Kubernetes; PostStart and
-//! sidecars run again with every restart.
+//! Init containers as the kubelet sees them: StartContainer returns once they are done (so the
+//! kubelet's probes, which start then, never see a container still in its init containers);
+//! and a container restarted in the same pod sandbox does not run them again (a new sandbox
+//! does), as in Kubernetes; PostStart and sidecars run again with every restart.
 
 use k8s_cri::v1::ContainerState;
 use serde_json::json;
@@ -109,4 +110,29 @@ fn init_containers_run_once_per_sandbox_across_restarts_and_a_containerd_restart
     env.cri.remove_pod(&pod_id);
     assert!(!record.exists(), "{record:?} outlived its sandbox");
     env.remove(&other_id, &[fourth]);
+}
+
+/// The kubelet probes (ExecSync) right after StartContainer: by then the init containers,
+/// here of a few seconds, are done and the entrypoint runs.
+#[test]
+fn start_container_returns_once_the_init_containers_are_done() {
+    let Some(env) = Env::new() else { return };
+    env.reset_markers();
+    let spec = json!({"initContainers": [{"name": "slow", "command": ["sh", "-c",
+        "sleep 3; echo done > /markers/init-done"]}]});
+    let pod = env.pod("probed", LIFECYCLE, &[(&spec_key("app"), spec)]);
+    let (pod_id, ids) = env.start(
+        &pod,
+        &[(
+            "app",
+            "echo up >> /markers/up; while :; do sleep 1000 & wait $!; done",
+        )],
+    );
+    let (stdout, _, code) = env.cri.exec_sync(&ids[0], &["cat", "/markers/init-done"]);
+    assert_eq!(
+        (stdout.as_str(), code),
+        ("done\n", 0),
+        "the probe ran before the init container ended"
+    );
+    env.remove(&pod_id, &ids);
 }

@@ -322,6 +322,12 @@ disabled_plugins = [{disabled}]
             .env("PATH", path)
             // The shims inherit it: their health status files stay in the harness directory.
             .env("LIFECYCLE_SHIM_STATE", self.shim_state())
+            // `ctr run -d` of a task whose init containers wait for the test returns after 1 s
+            // (the CRI harness keeps the default, which its tests of Start rely on).
+            .env(
+                "LIFECYCLE_SHIM_START_WAIT",
+                if self.cri { "90" } else { "1" },
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

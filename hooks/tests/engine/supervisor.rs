@@ -53,7 +53,8 @@ async fn life(
     let p = plan(json);
     let (requests, mut received) = mpsc::unbounded_channel();
     let (reply, answer) = oneshot::channel();
-    requests.send(Request::Start(reply)).unwrap();
+    let wait = Duration::from_secs(60);
+    requests.send(Request::Start { reply, wait }).unwrap();
     let exit = fake.exit(exits_after.map(Duration::from_secs));
     let supervised = supervise(fake, &p, exit, &mut received, || {
         fake.record("started".into())
@@ -339,4 +340,28 @@ async fn an_unhealthy_container_is_stopped_and_says_why() {
         events.iter().any(|(_, e)| e == "signal SIGTERM"),
         "{events:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_is_answered_once_the_init_containers_are_done_or_at_its_wait() {
+    for (take, wait, answered) in [(5, 60, 5), (100, 30, 30)] {
+        let fake = Fake::new();
+        let json =
+            format!(r#"{{"initContainers": [{{"name": "slow", "command": ["take", "{take}"]}}]}}"#);
+        let p = plan(&json);
+        let (requests, mut received) = mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        let wait = Duration::from_secs(wait);
+        requests.send(Request::Start { reply, wait }).unwrap();
+        // The entrypoint exits by itself a second after it started.
+        let exit = fake.exit(Some(Duration::from_secs(take + 1)));
+        let supervised = supervise(&fake, &p, exit, &mut received, || {});
+        let answered_at = async {
+            answer.await.unwrap().unwrap();
+            fake.start.elapsed().as_secs()
+        };
+        let (outcome, at) = tokio::join!(supervised, answered_at);
+        assert_eq!(at, answered, "init containers of {take} s, wait {wait:?}");
+        assert!(outcome.entrypoint_started());
+    }
 }
