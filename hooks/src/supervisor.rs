@@ -198,6 +198,9 @@ async fn before_start<S: Supervised>(
                 let _ = reply.send(Ok(()));
             }
         };
+        if wait.is_zero() {
+            answer(&mut reply);
+        }
         let mut inits = pin!(run_init_containers(c, &plan.init_containers));
         let ended = loop {
             tokio::select! {
