@@ -12,6 +12,7 @@ mod recorder;
 mod support;
 
 mod api;
+mod grouping;
 mod hardening;
 mod lifecycle;
 mod runcv2;

@@ -25,6 +25,7 @@ use serde_json::json;
 use support::sidecars::{AWAIT_LOGGER, LOGGER_SIDECAR};
 use support::{make_busybox_rootfs, prerequisites, read_lines, wait_until, write_executable};
 
+mod grouping;
 mod restarts;
 mod runcv2;
 mod termination;

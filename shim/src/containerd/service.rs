@@ -2,6 +2,7 @@
 //! [`Service`] that returns a typed [`TaskError`]; `TaskError::code` is the one mapping to
 //! ttrpc status codes.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -32,7 +33,8 @@ pub struct Service {
     exit: Arc<ExitSignal>,
     publisher: Arc<RemotePublisher>,
     reaper: Reaper,
-    task: Mutex<Option<Arc<Task>>>,
+    /// The tasks this shim serves: one, or every container of its group (a pod).
+    tasks: Mutex<HashMap<String, Arc<Task>>>,
 }
 
 impl Service {
@@ -47,12 +49,12 @@ impl Service {
             exit,
             publisher: Arc::new(publisher),
             reaper,
-            task: Mutex::new(None),
+            tasks: Mutex::new(HashMap::new()),
         }
     }
 
     async fn create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse, TaskError> {
-        if self.lock_task().is_some() {
+        if self.lock_tasks().contains_key(&req.id) {
             return Err(TaskError::AlreadyExists(format!(
                 "task {} already exists",
                 req.id
@@ -68,7 +70,7 @@ impl Service {
         let events = Events::new(self.publisher.clone(), &self.namespace);
         let task = Task::create(&req, runc, options.io_owner(), events).await?;
         let pid = task.pid as u32;
-        *self.lock_task() = Some(task);
+        self.lock_tasks().insert(req.id.clone(), task);
         Ok(CreateTaskResponse {
             pid,
             ..Default::default()
@@ -76,9 +78,9 @@ impl Service {
     }
 
     fn task(&self, id: &str) -> Result<Arc<Task>, TaskError> {
-        self.lock_task()
-            .clone()
-            .filter(|t| t.id == id)
+        self.lock_tasks()
+            .get(id)
+            .cloned()
             .ok_or_else(|| TaskError::NotFound(format!("task {id} not found")))
     }
 
@@ -187,6 +189,8 @@ impl Service {
             task.events
                 .publish(topics::TASK_DELETE_EVENT_TOPIC, event)
                 .await;
+            // Gone from this shim: it exits at Shutdown once no task is left.
+            self.lock_tasks().remove(&req.id);
         }
         Ok(DeleteResponse {
             pid: pid as u32,
@@ -275,11 +279,7 @@ impl Service {
     }
 
     async fn connect(&self, req: ConnectRequest) -> Result<ConnectResponse, TaskError> {
-        let task_pid = self
-            .lock_task()
-            .as_ref()
-            .filter(|t| t.id == req.id)
-            .map_or(0, |t| t.pid);
+        let task_pid = self.lock_tasks().get(&req.id).map_or(0, |t| t.pid);
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
             task_pid: task_pid as u32,
@@ -305,20 +305,16 @@ impl Service {
         }
     }
 
-    /// The shim exits once its task has been deleted (or never existed).
+    /// The shim exits once its last task has been deleted (or none ever existed).
     async fn shutdown(&self) -> Result<(), TaskError> {
-        let live = self
-            .lock_task()
-            .as_ref()
-            .is_some_and(|t| t.state() != State::Deleted);
-        if !live {
+        if self.lock_tasks().is_empty() {
             self.exit.signal();
         }
         Ok(())
     }
 
-    fn lock_task(&self) -> MutexGuard<'_, Option<Arc<Task>>> {
-        self.task.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_tasks(&self) -> MutexGuard<'_, HashMap<String, Arc<Task>>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

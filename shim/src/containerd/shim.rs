@@ -83,7 +83,11 @@ impl Shim for LifecycleShim {
         let address = std::fs::read_to_string(bundle.join("address")).unwrap_or_else(|_| {
             containerd_shim::socket_address(&self.address, &self.namespace, &self.id)
         });
-        remove_socket(&address);
+        // Another task of the group may still be served there.
+        let path = address.trim_start_matches("unix://");
+        if std::os::unix::net::UnixStream::connect(path).is_err() {
+            remove_socket(&address);
+        }
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
             exited_at: Some(timestamp(std::time::SystemTime::now())).into(),

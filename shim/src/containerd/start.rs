@@ -147,9 +147,9 @@ impl StartInput {
     }
 
     /// The socket the shim serves: the Go shim's name (a hash of containerd's address, the
-    /// namespace and the id) in the directory containerd asks for.
-    pub fn socket(&self, flags: &Flags) -> String {
-        let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &flags.id);
+    /// namespace and the group) in the directory containerd asks for.
+    pub fn socket(&self, flags: &Flags, group: &str) -> String {
+        let address = containerd_shim::socket_address(&flags.address, &flags.namespace, group);
         let dir = match self {
             StartInput::Bootstrap {
                 socket_dir: Some(dir),
@@ -184,9 +184,9 @@ pub async fn start(flags: &Flags) -> Result<Vec<u8>, StartError> {
     let input = StartInput::parse(&bytes, flags)?;
     // Only ShimCgroup matters here; Create gets the same options and refuses bad ones by name.
     let options = RuntimeOptions::from_any(input.options()).unwrap_or_default();
-    let address = input.socket(flags);
-    // A shim already serves this task (containerd asked again): its address is the answer, as
-    // runc's shim answers; its socket must not be touched.
+    let address = input.socket(flags, &group(flags)?);
+    // A shim already serves this task's group (or this task, asked again): its address is the
+    // answer, as runc's shim answers; its socket must not be touched.
     if std::os::unix::net::UnixStream::connect(address.trim_start_matches("unix://")).is_ok() {
         std::fs::write("address", &address).map_err(io("writing the bundle's address file"))?;
         return Ok(input.reply(&address));
@@ -201,6 +201,32 @@ pub async fn start(flags: &Flags) -> Result<Vec<u8>, StartError> {
             Err(error)
         }
     }
+}
+
+/// The annotations that group containers into one shim, as runc's shim reads them: a pod's
+/// containers share their sandbox's shim (the sandbox groups under its own id).
+const GROUP_ANNOTATIONS: [&str; 2] = [
+    "io.containerd.runc.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+];
+
+/// The group of the task in the bundle (the working directory): its first group annotation,
+/// or its own id.
+fn group(flags: &Flags) -> Result<String, StartError> {
+    let config = match std::fs::read("config.json") {
+        Ok(config) => config,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(flags.id.clone()),
+        Err(error) => return Err(io("reading the bundle's config.json")(error)),
+    };
+    let config: serde_json::Value = serde_json::from_slice(&config)
+        .map_err(|e| io("reading the bundle's config.json")(std::io::Error::other(e)))?;
+    let annotations = &config["annotations"];
+    Ok(GROUP_ANNOTATIONS
+        .iter()
+        .find_map(|key| annotations[key].as_str())
+        .filter(|group| !group.is_empty())
+        .unwrap_or(&flags.id)
+        .to_owned())
 }
 
 /// Launches the serving shim under the name containerd ran (`containerd-shim-lifecycle-v2`,
@@ -313,7 +339,7 @@ mod tests {
         let flags = flags("default", "c1");
         let input = StartInput::parse(b"", &flags).unwrap();
         assert_eq!(input, StartInput::Legacy(None));
-        let address = input.socket(&flags);
+        let address = input.socket(&flags, &flags.id);
         assert!(
             address.starts_with("unix:///run/containerd/s/"),
             "{address}"
@@ -355,7 +381,7 @@ mod tests {
                 panic!("{namespace}: {input:?}");
             };
             assert_eq!(options.as_ref(), Some(&options_any()));
-            let address = input.socket(&flags);
+            let address = input.socket(&flags, &flags.id);
             assert!(address.starts_with("unix:///run/other/s/"), "{address}");
             let reply: BootstrapResult =
                 prost::Message::decode(input.reply(&address).as_slice()).unwrap();

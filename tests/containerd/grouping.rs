@@ -1,0 +1,59 @@
+//! One shim per group, as runc's shim groups: containers with the same
+//! `io.containerd.runc.v2.group` annotation share one shim process, each with its own hooks,
+//! stdio and exit; a container without one has its own; the shared shim exits with its last task.
+
+use serde_json::json;
+
+use crate::support::wait_for_line;
+use crate::{Env, LIFECYCLE};
+
+/// Says it is up (`/markers/up-<name>`), runs PreStop's marker before its TERM trap's.
+fn run(env: &Env, id: &str, group: Option<&str>) {
+    let spec = json!({"preStop": {"exec": {"command": ["sh", "-c", format!("echo prestop >> /markers/{id}")]}}});
+    let script = format!(
+        "trap 'echo term >> /markers/{id}; exit 0' TERM; echo up > /markers/up-{id}; while :; do sleep 1000 & wait $!; done"
+    );
+    let annotation = group.map(|g| format!("io.containerd.runc.v2.group={g}"));
+    let mut flags = vec!["-d"];
+    if let Some(annotation) = &annotation {
+        flags.extend(["--annotation", annotation]);
+    }
+    let args = env.run_args(LIFECYCLE, id, Some(&spec), &flags, &script);
+    env.ctr_ok(&crate::lifecycle::args_ref(&args));
+    wait_for_line(&env.marker(&format!("up-{id}")), Some("up"));
+    env.wait_for_status(id, "RUNNING");
+}
+
+fn stop(env: &Env, id: &str) {
+    env.ctr_ok(&["task", "kill", id]);
+    env.wait_for_status(id, "STOPPED");
+    env.remove(id);
+    assert_eq!(env.lines(id), ["prestop", "term"], "{id}");
+}
+
+#[test]
+fn containers_of_one_group_share_a_shim_and_others_have_their_own() {
+    let Some(env) = Env::new() else { return };
+    run(&env, "grouped-a", Some("pod-1"));
+    run(&env, "grouped-b", Some("pod-1"));
+    run(&env, "alone", None);
+    let shims = env.containerd.shim_processes();
+    assert_eq!(
+        shims.len(),
+        2,
+        "one shim for the group, one for the other: {shims:?}"
+    );
+    let group_socket = env.containerd.shim_socket("pod-1");
+    assert!(
+        group_socket.exists(),
+        "the group's shim listens at {group_socket:?}"
+    );
+
+    // The group's first task goes; its shim stays for the second.
+    stop(&env, "grouped-a");
+    assert!(group_socket.exists());
+    assert_eq!(env.containerd.shim_processes().len(), 2);
+    stop(&env, "alone");
+    stop(&env, "grouped-b");
+    env.assert_clean(&["grouped-a", "grouped-b", "alone", "pod-1"]);
+}

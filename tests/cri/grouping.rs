@@ -1,0 +1,135 @@
+//! One shim per pod, as runc's shim groups containers under their sandbox: the sandbox and its
+//! app containers are served by one shim process, each container with its own hooks and stop;
+//! a hung PreStop in one does not delay another's stop; a containerd restart reconnects to the
+//! shared shim with every task; the shim exits once the sandbox is removed.
+
+use serde_json::json;
+
+use crate::cri::Cri;
+use crate::support::{wait_for_line, wait_until};
+use crate::{spec_key, Env, LIFECYCLE};
+
+fn spec(name: &str, pre_stop: &str) -> serde_json::Value {
+    json!({
+        "postStart": {"exec": {"command": ["sh", "-c", format!("echo poststart >> /markers/{name}")]}},
+        "preStop": {"exec": {"command": ["sh", "-c", pre_stop]}},
+        "terminationGracePeriodSeconds": 30
+    })
+}
+
+fn script(name: &str) -> String {
+    format!(
+        "trap 'echo term >> /markers/{name}; exit 0' TERM; while :; do sleep 1000 & wait $!; done"
+    )
+}
+
+#[test]
+fn a_pods_containers_share_one_shim_and_stop_apart() {
+    let Some(mut env) = Env::new() else { return };
+    env.reset_markers();
+    let specs = [
+        (
+            spec_key("fast"),
+            spec("fast", "echo prestop >> /markers/fast"),
+        ),
+        (
+            spec_key("other"),
+            spec("other", "echo prestop >> /markers/other"),
+        ),
+        (
+            spec_key("hung"),
+            spec("hung", "echo prestop >> /markers/hung; sleep 600"),
+        ),
+    ];
+    let specs: Vec<(&str, serde_json::Value)> =
+        specs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let pod = env.pod("grouped", LIFECYCLE, &specs);
+    let names = ["fast", "other", "hung"];
+    let scripts: Vec<String> = names.iter().map(|n| script(n)).collect();
+    let containers: Vec<(&str, &str)> = names
+        .iter()
+        .zip(&scripts)
+        .map(|(n, s)| (*n, s.as_str()))
+        .collect();
+    let (pod_id, ids) = env.start(&pod, &containers);
+    for name in names {
+        wait_for_line(&env.markers().join(name), Some("poststart"));
+    }
+    let shims = env.containerd.shim_processes();
+    assert_eq!(
+        shims.len(),
+        1,
+        "the sandbox and its three containers: {shims:?}"
+    );
+
+    // A containerd restart: the shared shim is found again, with every task.
+    env.containerd.restart();
+    env.cri = Cri::connect(&env.containerd.cri_socket());
+    wait_until("the CRI plugin answers again", || env.cri.answers());
+    let mut listed = env.cri.list_containers(&pod_id);
+    listed.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    // The hung PreStop runs (until StopContainer's timeout) while another container stops.
+    let socket = env.containerd.cri_socket();
+    let hung = ids[2].clone();
+    let stopping = std::thread::spawn(move || Cri::connect(&socket).stop_container(&hung, 4));
+    wait_for_line(&env.markers().join("hung"), Some("prestop"));
+    env.cri.stop_container(&ids[0], 10);
+    assert_eq!(env.lines("fast"), ["poststart", "prestop", "term"]);
+    assert_eq!(
+        env.lines("hung"),
+        ["poststart", "prestop"],
+        "still in its PreStop"
+    );
+    assert_eq!(env.lines("other"), ["poststart"], "untouched");
+    stopping.join().unwrap();
+    // SIGKILL at StopContainer's timeout cut the hung PreStop: no TERM trap.
+    assert_eq!(env.lines("hung"), ["poststart", "prestop"]);
+
+    // Removing the pod stops the last one (its PreStop first) and ends the shim.
+    env.remove(&pod_id, &ids);
+    assert_eq!(env.lines("other"), ["poststart", "prestop", "term"]);
+}
+
+/// The shared shim SIGKILLed: containerd reports every task of the pod exited and its `delete`
+/// calls leave no runc container and no process in the containers' cgroups.
+#[test]
+fn a_killed_shared_shim_is_cleaned_up_for_every_task() {
+    let Some(env) = Env::new() else { return };
+    env.reset_markers();
+    let pod = env.pod("killed", LIFECYCLE, &[]);
+    let idle = "echo up >> /markers/up; while :; do sleep 1000 & wait $!; done";
+    let (pod_id, ids) = env.start(&pod, &[("one", idle), ("two", idle)]);
+    wait_until("both run", || env.lines("up").len() == 2);
+    let shims = env.containerd.shim_processes();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let pid: i32 = shims[0].split(':').next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for id in &ids {
+        wait_until(&format!("{id} is reported exited"), || {
+            env.cri.container_status(id).state
+                == k8s_cri::v1::ContainerState::ContainerExited as i32
+        });
+    }
+    env.remove(&pod_id, &ids);
+    let root = std::path::Path::new("/run/containerd/lifecycle/k8s.io");
+    for id in ids.iter().chain([&pod_id]) {
+        assert!(!root.join(id).exists(), "runc still has {id}");
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let procs = hierarchy
+                .path()
+                .join("k8s.io")
+                .join(id)
+                .join("cgroup.procs");
+            let left = std::fs::read_to_string(&procs).unwrap_or_default();
+            assert!(left.trim().is_empty(), "{procs:?} holds {left}");
+        }
+    }
+}
