@@ -172,14 +172,7 @@ fn a_shim_killed_during_a_hook_leaves_nothing() {
             !cgroup_procs(id).trim().is_empty(),
             "{phase}: no cgroup found"
         );
-        let shims = env.containerd.shim_processes();
-        assert_eq!(shims.len(), 1, "{shims:?}");
-        let pid: i32 = shims[0].split(':').next().unwrap().parse().unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        env.containerd.kill_the_shim();
         crate::support::wait_until("containerd has dropped the task", || {
             env.containerd.task_status(id).is_none()
         });

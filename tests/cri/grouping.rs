@@ -104,14 +104,7 @@ fn a_killed_shared_shim_is_cleaned_up_for_every_task() {
     let idle = "echo up >> /markers/up; while :; do sleep 1000 & wait $!; done";
     let (pod_id, ids) = env.start(&pod, &[("one", idle), ("two", idle)]);
     wait_until("both run", || env.lines("up").len() == 2);
-    let shims = env.containerd.shim_processes();
-    assert_eq!(shims.len(), 1, "{shims:?}");
-    let pid: i32 = shims[0].split(':').next().unwrap().parse().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    env.containerd.kill_the_shim();
     for id in &ids {
         wait_until(&format!("{id} is reported exited"), || {
             env.cri.container_status(id).state

@@ -279,6 +279,16 @@ disabled_plugins = [{disabled}]
         Path::new("/run/containerd/s").join(digest)
     }
 
+    /// SIGKILLs the one shim this harness's containerd runs, failing the test if there is not
+    /// exactly one.
+    #[track_caller]
+    pub fn kill_the_shim(&self) {
+        let shims = self.shim_processes();
+        assert_eq!(shims.len(), 1, "{shims:?}");
+        let pid: i32 = shims[0].split(':').next().unwrap().parse().unwrap();
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    }
+
     /// The shims this harness's containerd started, running or not yet reaped.
     pub fn shim_processes(&self) -> Vec<String> {
         let address = self.address().display().to_string();
