@@ -6,15 +6,16 @@
 #![allow(unsafe_code)]
 
 use std::fs::File;
+use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
-use std::future::Future;
-
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
 use tokio::io::Interest;
 use tokio::net::UnixListener;
+
+use crate::os::runc::RuncError;
 
 /// The socket runc sends the pty master to, in a private directory of its own (socket paths
 /// must be short, which a bundle path may not be).
@@ -86,33 +87,37 @@ pub struct PendingConsole {
 }
 
 impl PendingConsole {
-    /// Runs `create` (the runc call that makes the terminal and sends its master) while
-    /// receiving the master, then attaches it.
-    pub async fn attach_during<T, E: From<ConsoleError>>(
-        self,
-        create: impl Future<Output = Result<T, E>>,
-    ) -> Result<(T, Console), E> {
-        let receive = self.socket.receive();
-        tokio::pin!(create, receive);
+    /// Runs `call`, the runc call that makes the process (create, exec); when the process has
+    /// a terminal, receives the master runc sends meanwhile and attaches it.
+    pub async fn attach_during<E: From<ConsoleError> + From<RuncError>>(
+        pending: Option<PendingConsole>,
+        call: impl Future<Output = Result<(), RuncError>>,
+    ) -> Result<Option<Console>, E> {
+        let Some(pending) = pending else {
+            call.await?;
+            return Ok(None);
+        };
+        let receive = pending.socket.receive();
+        tokio::pin!(call, receive);
         let mut master = None;
-        let value = loop {
+        loop {
             tokio::select! {
-                result = &mut create => break result?,
+                result = &mut call => break result?,
                 fd = &mut receive, if master.is_none() => {
                     master = Some(fd.map_err(console_error("receiving the terminal from runc"))?);
                 }
             }
-        };
-        // runc sends the master before `create` returns.
+        }
+        // runc sends the master before `call` returns.
         let master = match master {
             Some(master) => master,
             None => receive
                 .await
                 .map_err(console_error("receiving the terminal from runc"))?,
         };
-        let console = Console::attach(master, self.stdin, self.stdout)
+        let console = Console::attach(master, pending.stdin, pending.stdout)
             .map_err(console_error("attaching the terminal"))?;
-        Ok((value, console))
+        Ok(Some(console))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Exec processes (`ctr task exec`, `docker exec`, CRI ExecSync): added by Exec, started with
 //! `runc exec --detach`, reaped by the shim, their exits published like the task's.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use containerd_shim::api::ExecProcessRequest;
@@ -8,9 +9,7 @@ use containerd_shim::protos::events::task::{TaskExecAdded, TaskExecStarted, Task
 use containerd_shim::protos::topics;
 use nix::sys::signal::Signal;
 
-use std::path::PathBuf;
-
-use super::console::Console;
+use super::console::{Console, PendingConsole};
 use super::error::TaskError;
 use super::events::{Events, ExitCell, Exited};
 use super::state::State;
@@ -115,19 +114,10 @@ impl ExecProcess {
         };
         let opened = stdio::open(&paths, &logger).await?;
         let log = dir.join(format!("exec-{}.log", self.id));
-        let exec = async {
-            Ok::<_, TaskError>(
-                task.runc
-                    .exec_process(&task.container_id, &process, &pid_file, &log, opened.io)
-                    .await?,
-            )
-        };
-        let attached = async {
-            match opened.console {
-                None => exec.await.map(|()| None),
-                Some(pending) => pending.attach_during(exec).await.map(|((), c)| Some(c)),
-            }
-        };
+        let exec = task
+            .runc
+            .exec_process(&task.container_id, &process, &pid_file, &log, opened.io);
+        let attached = PendingConsole::attach_during::<TaskError>(opened.console, exec);
         let launched = task.runc.launched(&pid_file, attached).await;
         let _ = std::fs::remove_file(&process);
         let (console, Launched { pid, exit }) = launched?;

@@ -15,7 +15,7 @@ use lifecycle_hooks::Plan;
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
 
-use super::console::Console;
+use super::console::{Console, PendingConsole};
 use super::error::TaskError;
 use super::events::{Events, ExitCell, Exited};
 use super::exec::{ExecHost, ExecProcess};
@@ -100,25 +100,15 @@ impl Task {
             let opened = stdio::open(&paths, &logger).await?;
             let pid_file = bundle_path.join("init.pid");
             let log = bundle_path.join("log.json");
-            let create = async {
-                Ok::<_, TaskError>(
-                    runc.create(
-                        Until::Created,
-                        &req.id,
-                        &bundle_path,
-                        &pid_file,
-                        &log,
-                        opened.io,
-                    )
-                    .await?,
-                )
-            };
-            let attached = async {
-                match opened.console {
-                    None => create.await.map(|()| None),
-                    Some(pending) => pending.attach_during(create).await.map(|((), c)| Some(c)),
-                }
-            };
+            let create = runc.create(
+                Until::Created,
+                &req.id,
+                &bundle_path,
+                &pid_file,
+                &log,
+                opened.io,
+            );
+            let attached = PendingConsole::attach_during::<TaskError>(opened.console, create);
             // What a failed runc create leaves, containerd's `delete` action removes, as with
             // runc's shim.
             let (console, Launched { pid, exit }) = runc.launched(&pid_file, attached).await?;
