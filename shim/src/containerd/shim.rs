@@ -12,7 +12,7 @@ use containerd_shim::{Config, DeleteResponse, Error, Flags, StartOpts};
 use super::events::timestamp;
 use super::options::RuntimeOptions;
 use super::service::Service;
-use super::start::remove_socket;
+use super::start::{answers, remove_socket};
 use crate::os::reaper::Reaper;
 
 pub struct LifecycleShim {
@@ -84,8 +84,7 @@ impl Shim for LifecycleShim {
             containerd_shim::socket_address(&self.address, &self.namespace, &self.id)
         });
         // Another task of the group may still be served there.
-        let path = address.trim_start_matches("unix://");
-        if std::os::unix::net::UnixStream::connect(path).is_err() {
+        if !answers(&address) {
             remove_socket(&address);
         }
         Ok(DeleteResponse {

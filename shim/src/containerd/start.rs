@@ -187,7 +187,7 @@ pub async fn start(flags: &Flags) -> Result<Vec<u8>, StartError> {
     let address = input.socket(flags, &group(flags)?);
     // A shim already serves this task's group (or this task, asked again): its address is the
     // answer, as runc's shim answers; its socket must not be touched.
-    if std::os::unix::net::UnixStream::connect(address.trim_start_matches("unix://")).is_ok() {
+    if answers(&address) {
         std::fs::write("address", &address).map_err(io("writing the bundle's address file"))?;
         return Ok(input.reply(&address));
     }
@@ -302,6 +302,11 @@ async fn finish(
         message: e.to_string(),
     })?;
     std::fs::write("address", address).map_err(io("writing the bundle's address file"))
+}
+
+/// Whether a shim serves at `address` (`unix://...`).
+pub fn answers(address: &str) -> bool {
+    std::os::unix::net::UnixStream::connect(address.trim_start_matches("unix://")).is_ok()
 }
 
 pub fn remove_socket(address: &str) {
