@@ -7,11 +7,12 @@ pub mod derived;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use lifecycle_hooks::plan::parse_signal;
 use lifecycle_hooks::{Defaults, InvalidSpec, Plan};
+
+use crate::os::files::read_at_most;
 
 pub const SPEC_ANNOTATION: &str = "lifecycle-shim/spec";
 /// The largest spec accepted, in bytes, from an annotation or a file: an annotation is no place
@@ -247,12 +248,7 @@ fn read_spec_file(path: &Path) -> Result<String, BundleError> {
         path: path.to_owned(),
         source,
     };
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(io_error)?
-        .take(MAX_SPEC_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_error)?;
+    let bytes = read_at_most(path, MAX_SPEC_BYTES).map_err(io_error)?;
     if bytes.len() > MAX_SPEC_BYTES {
         return Err(BundleError::SpecTooLarge {
             origin: SpecOrigin::File(path.to_owned()),

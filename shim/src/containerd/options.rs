@@ -13,6 +13,7 @@ use containerd_shim::protos::shim::oci::Options as RuncOptions;
 use serde::{Deserialize, Serialize};
 
 use super::stdio::IoOwner;
+use crate::os::files::read_at_most;
 use crate::os::reaper::Reaper;
 use crate::os::runc::{Runc, RuncConfig};
 
@@ -21,7 +22,7 @@ pub const DEFAULT_ROOT: &str = "/run/containerd/lifecycle";
 /// The file in the bundle that holds the options for the `delete` action.
 const SAVED: &str = "options.json";
 /// The most of a `ConfigPath` file that is read.
-const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+const MAX_CONFIG_BYTES: usize = 64 * 1024;
 
 const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
 /// What containerd 1.6 and 1.7's client sends a runtime not named `io.containerd.runc*` for
@@ -349,19 +350,23 @@ impl RuntimeOptions {
     }
 }
 
+/// A `ConfigPath` file, refused when it is larger than [`MAX_CONFIG_BYTES`] rather than read in
+/// part (a truncated table could drop keys and still parse).
 fn read_config(path: &Path) -> Result<String, OptionsError> {
-    use std::io::Read;
     let error = |source| OptionsError::ConfigPath {
         path: path.to_owned(),
         source,
     };
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .map_err(error)?
-        .take(MAX_CONFIG_BYTES)
-        .read_to_string(&mut text)
-        .map_err(error)?;
-    Ok(text)
+    let bytes = read_at_most(path, MAX_CONFIG_BYTES).map_err(error)?;
+    if bytes.len() > MAX_CONFIG_BYTES {
+        let message = format!("larger than {MAX_CONFIG_BYTES} bytes");
+        return Err(error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            message,
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 #[cfg(test)]
@@ -522,6 +527,21 @@ mod tests {
             error.to_string().contains("/nonexistent/options.toml"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_config_file_over_the_limit_is_refused_not_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("options.toml");
+        let padding = format!("# {}\n", "x".repeat(MAX_CONFIG_BYTES));
+        std::fs::write(&file, format!("{padding}BinaryName = \"/opt/runc\"\n")).unwrap();
+        let error = read_config(&file).unwrap_err();
+        assert!(
+            error.to_string().contains("larger than 65536 bytes"),
+            "{error}"
+        );
+        std::fs::write(&file, "Root = \"/r\"\n").unwrap();
+        assert_eq!(read_config(&file).unwrap(), "Root = \"/r\"\n");
     }
 
     #[test]

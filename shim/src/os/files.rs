@@ -1,4 +1,5 @@
-//! Files replaced atomically: written beside their name, then renamed over it.
+//! Files read with a bound, and files replaced atomically (written beside their name, then
+//! renamed over it).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -6,6 +7,17 @@ use std::os::fd::AsFd;
 
 use nix::fcntl::{openat, renameat, OFlag};
 use nix::sys::stat::Mode;
+
+/// The first `max + 1` bytes of `path` at most: more than `max` means the file is too large,
+/// and a huge one (or `/dev/zero`) is never read further.
+pub fn read_at_most(path: &std::path::Path, max: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    File::open(path)?
+        .take(max as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
 
 /// Replaces `path` with `bytes` atomically; see [`replace_in`].
 pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
