@@ -182,17 +182,21 @@ fn systemd_cgroup_reaches_runc_as_with_the_go_shim() {
     env.assert_clean(&["sysd"]);
 }
 
-/// With a spec, the hooks' own runtime calls (init container, PostStart, PreStop) go through
-/// the same BinaryName and Root; the default runc root is never used.
+/// With a spec, the hooks' own runtime calls (init container, sidecar, PostStart, PreStop,
+/// postStop) go through the same BinaryName and Root; the default runc root is never used.
 #[test]
 fn hook_runtime_calls_use_binary_name_and_root() {
     let Some(env) = Env::new() else { return };
     let root = env.dir().join("runc-root");
     let ours = Runtime::ours(&env, &root, "NoNewKeyring = true\n");
     let spec = json!({
-        "initContainers": [{"name": "init", "command": ["sh", "-c", "echo init >> /markers/order"]}],
+        "initContainers": [
+            {"name": "init", "command": ["sh", "-c", "echo init >> /markers/order"]},
+            {"name": "side", "restartPolicy": "Always", "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1000 & wait $!; done"]}
+        ],
         "postStart": {"exec": {"command": ["sh", "-c", "echo poststart >> /markers/order"]}},
-        "preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /markers/order"]}}
+        "preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /markers/order"]}},
+        "postStop": {"exec": {"command": ["sh", "-c", "echo poststop >> /markers/order"]}}
     });
     let annotation = format!("lifecycle-shim/spec={spec}");
     let script = "trap 'exit 0' TERM; while [ $(wc -l < /markers/order) -lt 2 ]; do sleep 0.05; done; echo up > /markers/up; while :; do sleep 1000 & wait $!; done";
@@ -210,7 +214,10 @@ fn hook_runtime_calls_use_binary_name_and_root() {
     env.ctr_ok(&["task", "kill", "hooked"]);
     env.wait_for_status("hooked", "STOPPED");
     env.remove("hooked");
-    assert_eq!(env.lines("order"), ["init", "poststart", "prestop"]);
+    assert_eq!(
+        env.lines("order"),
+        ["init", "poststart", "prestop", "poststop"]
+    );
     let calls = ours.recorder.calls();
     let namespace_root = root.join(env.containerd.namespace()).display().to_string();
     for call in &calls {
@@ -227,6 +234,15 @@ fn hook_runtime_calls_use_binary_name_and_root() {
     assert_eq!(
         execs, 3,
         "init container, PostStart and PreStop through the wrapper: {calls:?}"
+    );
+    // `runc run`: the sidecar (detached) and the postStop run.
+    let runs = calls
+        .iter()
+        .filter(|c| c.args.contains(&"run".to_owned()))
+        .count();
+    assert_eq!(
+        runs, 2,
+        "the sidecar and postStop through the wrapper: {calls:?}"
     );
     let create = calls
         .iter()
