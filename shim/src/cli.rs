@@ -58,6 +58,9 @@ pub fn main() -> ExitCode {
     if crate::containerd::invoked_as_shim(&args) {
         return crate::containerd::main();
     }
+    if crate::runtime::invoked_as_runtime(&args) {
+        return crate::runtime::main();
+    }
     let cli = Cli::parse_from(args);
     crate::logging::init();
     let code = match cli.command {

@@ -1,7 +1,8 @@
 //! The `lifecycle-shim` binary's code, by room:
 //!
-//! - front ends: [`cli`] (the command line), [`run`] (a container in the foreground) and
-//!   [`containerd`] (the runtime v2 shim); each turns what it is asked into requests to the
+//! - front ends: [`cli`] (the command line), [`run`] (a container in the foreground),
+//!   [`containerd`] (the runtime v2 shim) and [`runtime`] (`lifecycle-runc`, a runc-compatible
+//!   runtime); each turns what it is asked into requests to the
 //!   container's lifecycle supervisor (`lifecycle_hooks::supervisor`) and its outcome into an
 //!   exit status;
 //! - [`lifecycle`]: the runc container as that supervisor acts on it, and what it drives:
@@ -17,3 +18,4 @@ mod lifecycle;
 mod logging;
 pub mod os;
 pub mod run;
+pub mod runtime;

@@ -1,7 +1,9 @@
 //! An OCI bundle and the hook plan it asks for: `config.json` is read (never written: runc gets
 //! the bundle untouched, OCI `hooks` included) and the spec is taken from, in order of
-//! precedence, `--spec FILE`, the `lifecycle-shim/spec.<container-name>` annotation, or the
-//! `lifecycle-shim/spec` annotation.
+//! precedence, `--spec FILE`, the `lifecycle-shim/spec.<container-name>` annotation, the
+//! `lifecycle-shim/spec` annotation, and for `lifecycle-runc` (whose engines may write no
+//! annotations) the file [`CONTAINER_SPEC_PATH`] as the container would see it: from a bind
+//! mount, else from its rootfs (an image that ships its own hooks).
 
 pub mod derived;
 
@@ -12,7 +14,7 @@ use std::path::{Path, PathBuf};
 use lifecycle_hooks::plan::parse_signal;
 use lifecycle_hooks::{Defaults, InvalidSpec, Plan};
 
-use crate::os::files::read_at_most;
+use crate::os::files::{read_at_most, read_in_root};
 
 pub const SPEC_ANNOTATION: &str = "lifecycle-shim/spec";
 /// The largest spec accepted, in bytes, from an annotation or a file: an annotation is no place
@@ -22,6 +24,15 @@ pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 pub const CONTAINER_NAME_ANNOTATION: &str = "io.kubernetes.cri.container-name";
 /// containerd's CRI plugin marks the pause container `sandbox` here.
 pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+/// CRI-O names the container of a pod in this JSON annotation's `name`.
+pub const CRIO_METADATA_ANNOTATION: &str = "io.kubernetes.cri-o.Metadata";
+/// CRI-O marks the pod's infra container `sandbox` here.
+pub const CRIO_CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri-o.ContainerType";
+/// Where no annotation names the container (`podman kube play`), its environment can.
+pub const CONTAINER_NAME_ENV: &str = "LIFECYCLE_CONTAINER_NAME";
+/// The spec file `lifecycle-runc` reads when no annotation holds a spec, as the container sees
+/// it.
+pub const CONTAINER_SPEC_PATH: &str = "/etc/lifecycle-shim/spec.json";
 /// The image's stop signal, as Docker, nerdctl and the CRI plugin record it.
 pub const IMAGE_STOP_SIGNAL_ANNOTATION: &str = "org.opencontainers.image.stopSignal";
 
@@ -36,17 +47,17 @@ pub enum BundleError {
     NotADirectory { path: PathBuf },
     #[error("{path:?}: {message}")]
     Config { path: PathBuf, message: String },
-    #[error("spec file {path:?}: {source}")]
+    #[error("{origin}: {source}")]
     SpecFile {
-        path: PathBuf,
+        origin: SpecOrigin,
         source: std::io::Error,
     },
     #[error(
         "{origin} is larger than the {MAX_SPEC_BYTES}-byte (64 KiB) limit for a lifecycle spec"
     )]
     SpecTooLarge { origin: SpecOrigin },
-    #[error("spec file {path:?} is not UTF-8 text (invalid byte at offset {offset})")]
-    SpecNotUtf8 { path: PathBuf, offset: usize },
+    #[error("{origin} is not UTF-8 text (invalid byte at offset {offset})")]
+    SpecNotUtf8 { origin: SpecOrigin, offset: usize },
     #[error("{origin}: invalid lifecycle spec:\n{errors}")]
     Spec {
         origin: SpecOrigin,
@@ -66,6 +77,8 @@ pub enum BundleError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SpecOrigin {
     File(PathBuf),
+    /// [`CONTAINER_SPEC_PATH`], found on the host here.
+    ContainerFile(PathBuf),
     Annotation(String),
     /// No spec anywhere: the container runs without hooks.
     None,
@@ -77,6 +90,9 @@ impl fmt::Display for SpecOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SpecOrigin::File(path) => write!(f, "spec file {path:?}"),
+            SpecOrigin::ContainerFile(host) => {
+                write!(f, "spec file {CONTAINER_SPEC_PATH} (on the host: {host:?})")
+            }
             SpecOrigin::Annotation(key) => write!(f, "annotation {key}"),
             SpecOrigin::None => write!(f, "no lifecycle spec (no hooks)"),
             SpecOrigin::Sandbox => write!(f, "sandbox container (never runs hooks)"),
@@ -89,6 +105,10 @@ pub struct Bundle {
     pub path: PathBuf,
     config_path: PathBuf,
     annotations: HashMap<String, String>,
+    /// The container's name from its environment ([`CONTAINER_NAME_ENV`]).
+    env_name: Option<String>,
+    /// The root filesystem, absolute.
+    rootfs: PathBuf,
     terminal: bool,
     /// Bind mounts: where they appear in the container and their host sources.
     pub binds: Vec<crate::lifecycle::once::Bind>,
@@ -140,8 +160,16 @@ impl Bundle {
                         && ns.path().as_ref().is_none_or(|p| p.as_os_str().is_empty())
                 })
             });
+        let process_env = config.process().as_ref().and_then(|p| p.env().clone());
+        let env_name = process_env.iter().flatten().find_map(|entry| {
+            let (name, value) = entry.split_once('=')?;
+            (name == CONTAINER_NAME_ENV).then(|| value.to_owned())
+        });
+        let rootfs = path.join(config.root().as_ref().map_or(Path::new("rootfs"), |r| r.path()));
         Ok(Bundle {
             binds,
+            env_name,
+            rootfs,
             shares_pid_namespace: !private_pid_namespace,
             annotations: config.annotations().clone().unwrap_or_default(),
             terminal: config
@@ -171,6 +199,19 @@ impl Bundle {
 
     /// The validated plan and where it came from.
     pub fn plan(&self, spec_file: Option<&Path>) -> Result<(SpecOrigin, Plan), BundleError> {
+        self.plan_from(spec_file, false)
+    }
+
+    /// The plan for `lifecycle-runc`: also from [`CONTAINER_SPEC_PATH`].
+    pub fn runtime_plan(&self) -> Result<(SpecOrigin, Plan), BundleError> {
+        self.plan_from(None, true)
+    }
+
+    fn plan_from(
+        &self,
+        spec_file: Option<&Path>,
+        in_container: bool,
+    ) -> Result<(SpecOrigin, Plan), BundleError> {
         let defaults = Defaults {
             stop_signal: self
                 .annotations
@@ -178,7 +219,7 @@ impl Bundle {
                 .and_then(|name| parse_signal(name))
                 .unwrap_or(Defaults::default().stop_signal),
         };
-        let (origin, json) = self.spec_source(spec_file)?;
+        let (origin, json) = self.spec_source(spec_file, in_container)?;
         let Some(json) = json else {
             let plan = Plan {
                 stop_signal: defaults.stop_signal,
@@ -204,25 +245,42 @@ impl Bundle {
         Ok((origin, plan))
     }
 
+    /// The container's name in its pod: from containerd's CRI annotation, CRI-O's metadata, or
+    /// the container's environment.
+    fn container_name(&self) -> Option<String> {
+        let crio = || {
+            let metadata = self.annotations.get(CRIO_METADATA_ANNOTATION)?;
+            let metadata: serde_json::Value = serde_json::from_str(metadata).ok()?;
+            metadata["name"].as_str().map(str::to_owned)
+        };
+        self.annotations
+            .get(CONTAINER_NAME_ANNOTATION)
+            .cloned()
+            .or_else(crio)
+            .or_else(|| self.env_name.clone())
+    }
+
+    fn is_sandbox(&self) -> bool {
+        [CONTAINER_TYPE_ANNOTATION, CRIO_CONTAINER_TYPE_ANNOTATION]
+            .iter()
+            .any(|key| self.annotation(key) == Some("sandbox"))
+    }
+
     fn spec_source(
         &self,
         spec_file: Option<&Path>,
+        in_container: bool,
     ) -> Result<(SpecOrigin, Option<String>), BundleError> {
         if let Some(path) = spec_file {
-            let json = read_spec_file(path)?;
-            return Ok((SpecOrigin::File(path.to_owned()), Some(json)));
+            let origin = SpecOrigin::File(path.to_owned());
+            let json = spec_text(read_at_most(path, MAX_SPEC_BYTES), origin.clone())?;
+            return Ok((origin, Some(json)));
         }
-        if self
-            .annotations
-            .get(CONTAINER_TYPE_ANNOTATION)
-            .map(String::as_str)
-            == Some("sandbox")
-        {
+        if self.is_sandbox() {
             return Ok((SpecOrigin::Sandbox, None));
         }
         let per_container = self
-            .annotations
-            .get(CONTAINER_NAME_ANNOTATION)
+            .container_name()
             .map(|name| format!("{SPEC_ANNOTATION}.{name}"));
         for key in per_container
             .iter()
@@ -237,25 +295,59 @@ impl Bundle {
                 return Ok((origin, Some(json.clone())));
             }
         }
+        if in_container {
+            if let Some((host, bytes)) = self.read_container_spec() {
+                let origin = SpecOrigin::ContainerFile(host);
+                return Ok((origin.clone(), Some(spec_text(bytes, origin)?)));
+            }
+        }
         Ok((SpecOrigin::None, None))
+    }
+
+    /// [`CONTAINER_SPEC_PATH`] as the container will see it: the source of a bind mount onto
+    /// it, a file in a bind-mounted volume, or a file of the rootfs; below the volume or the
+    /// rootfs, a symlink never leads out of it. `None` if there is no such file.
+    fn read_container_spec(&self) -> Option<(PathBuf, std::io::Result<Vec<u8>>)> {
+        let exact = self
+            .binds
+            .iter()
+            .rev()
+            .find(|(inside, _)| inside == Path::new(CONTAINER_SPEC_PATH));
+        if let Some((_, source)) = exact {
+            return Some((source.clone(), read_at_most(source, MAX_SPEC_BYTES)));
+        }
+        let (root, rest) = crate::lifecycle::once::host_path(&self.binds, CONTAINER_SPEC_PATH)
+            .unwrap_or_else(|| {
+                let rest = CONTAINER_SPEC_PATH.trim_start_matches('/');
+                (self.rootfs.clone(), PathBuf::from(rest))
+            });
+        let read = read_in_root(&root, &rest, MAX_SPEC_BYTES);
+        if read
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            return None;
+        }
+        Some((root.join(rest), read))
     }
 }
 
-/// Reads at most one byte past [`MAX_SPEC_BYTES`], so a huge file (or `/dev/zero`) is refused
-/// without being read; JSON is UTF-8, so other bytes are refused with where they start.
-fn read_spec_file(path: &Path) -> Result<String, BundleError> {
-    let io_error = |source| BundleError::SpecFile {
-        path: path.to_owned(),
+/// A spec's text from at most one byte past [`MAX_SPEC_BYTES`], so a huge file (or
+/// `/dev/zero`) is refused without being read; JSON is UTF-8, so other bytes are refused with
+/// where they start.
+fn spec_text(
+    bytes: std::io::Result<Vec<u8>>,
+    origin: SpecOrigin,
+) -> Result<String, BundleError> {
+    let bytes = bytes.map_err(|source| BundleError::SpecFile {
+        origin: origin.clone(),
         source,
-    };
-    let bytes = read_at_most(path, MAX_SPEC_BYTES).map_err(io_error)?;
+    })?;
     if bytes.len() > MAX_SPEC_BYTES {
-        return Err(BundleError::SpecTooLarge {
-            origin: SpecOrigin::File(path.to_owned()),
-        });
+        return Err(BundleError::SpecTooLarge { origin });
     }
     String::from_utf8(bytes).map_err(|error| BundleError::SpecNotUtf8 {
-        path: path.to_owned(),
+        origin,
         offset: error.utf8_error().valid_up_to(),
     })
 }
@@ -273,6 +365,8 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             terminal: false,
+            env_name: None,
+            rootfs: PathBuf::from("/b/rootfs"),
             binds: Vec::new(),
             shares_pid_namespace: false,
         }

@@ -194,12 +194,12 @@ impl Task {
     }
 
     /// Starts the entrypoint, after the init containers if there are any; returns when it
-    /// runs, or once [`start_wait`] has passed while init containers still run (they go on in
+    /// runs, or once [`crate::lifecycle::start_wait`] has passed while init containers still run (they go on in
     /// the background and may take longer than containerd's Start deadline).
     pub async fn start(&self) -> Result<(), TaskError> {
         self.lock().apply(State::start)?;
         let (reply, answer) = oneshot::channel();
-        let wait = start_wait();
+        let wait = crate::lifecycle::start_wait();
         let _ = self.requests.send(Request::Start { reply, wait });
         match answer.await {
             Ok(Ok(())) => {}
@@ -449,21 +449,6 @@ impl Task {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
-
-/// How long Start waits for the init containers before it leaves them to the background:
-/// safely below the kubelet's 2-minute runtime request timeout, so that the kubelet sees the
-/// container running (and probes it) only once they are done; `LIFECYCLE_SHIM_START_WAIT`
-/// (seconds) sets it.
-fn start_wait() -> std::time::Duration {
-    let seconds = std::env::var("LIFECYCLE_SHIM_START_WAIT")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(DEFAULT_START_WAIT_SECONDS);
-    std::time::Duration::from_secs(seconds)
-}
-
-/// The default of [`start_wait`].
-const DEFAULT_START_WAIT_SECONDS: u64 = 90;
 
 fn unmount(rootfs: &Path) {
     if let Err(error) = containerd_shim::mount::umount_recursive(rootfs.to_str(), 0) {

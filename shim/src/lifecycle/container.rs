@@ -36,6 +36,9 @@ pub enum SignalRoute {
     /// `runc run` is our child and the init's parent. It forwards the signals it gets; SIGKILL,
     /// which it cannot catch, goes through `runc kill`.
     Runc { pid: i32 },
+    /// The init is someone else's child (an engine's, under `lifecycle-runc`): signal it
+    /// through this pidfd, which cannot reach another process that took its pid.
+    Pidfd(std::os::fd::RawFd),
 }
 
 pub struct RuncContainer<'a> {
@@ -112,6 +115,7 @@ impl Container for RuncContainer<'_> {
                 return Ok(self.runc.kill(&self.id, signal, false).await?);
             }
             SignalRoute::Runc { pid } => reaper.kill(pid, signal),
+            SignalRoute::Pidfd(fd) => crate::os::pidfd::send_signal(fd, signal),
         }
         .map_err(ContainerError::Signal)
     }

@@ -32,6 +32,21 @@ use crate::lifecycle::sandbox::SandboxRecord;
 use crate::lifecycle::sidecar::Sidecars;
 use crate::lifecycle::status::StatusFile;
 
+/// How long a start waits for the init containers before it leaves them to the background:
+/// safely below the kubelet's 2-minute runtime request timeout, so that the kubelet sees the
+/// container running (and probes it) only once they are done; `LIFECYCLE_SHIM_START_WAIT`
+/// (seconds) sets it.
+pub fn start_wait() -> std::time::Duration {
+    let seconds = std::env::var("LIFECYCLE_SHIM_START_WAIT")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(DEFAULT_START_WAIT_SECONDS);
+    std::time::Duration::from_secs(seconds)
+}
+
+/// The default of [`start_wait`].
+const DEFAULT_START_WAIT_SECONDS: u64 = 90;
+
 pub struct RuncLife<'a> {
     pub container: RuncContainer<'a>,
     pub sidecars: &'a Sidecars,

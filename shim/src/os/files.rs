@@ -1,6 +1,9 @@
 //! Files read with a bound, and files replaced atomically (written beside their name, then
 //! renamed over it).
 
+// Unsafe: openat2 (RESOLVE_IN_ROOT) has no safe wrapper in nix.
+#![allow(unsafe_code)]
+
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
@@ -16,6 +19,39 @@ pub fn read_at_most(path: &std::path::Path, max: usize) -> io::Result<Vec<u8>> {
     File::open(path)?
         .take(max as u64 + 1)
         .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Like [`read_at_most`], for `path` below `root` resolved as if `root` were `/`: no symlink
+/// or `..` leads out of it (openat2's RESOLVE_IN_ROOT), and no magic link is followed.
+pub fn read_in_root(root: &std::path::Path, path: &std::path::Path, max: usize) -> io::Result<Vec<u8>> {
+    use std::ffi::CString;
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let dir = File::open(root)?;
+    let name = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: openat2 reads `name` and `how`, both alive for the call, and returns a new fd.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            name.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
