@@ -23,6 +23,10 @@ pub trait Supervised: InitHost {
     /// Starts the created container's entrypoint (`runc start`).
     fn start_entrypoint(&self) -> impl Future<Output = Result<(), Self::Error>>;
 
+    /// The entrypoint will never start: the created container ends, with `code` (a failed init
+    /// container's status) where the front end can give it that, else killed.
+    fn end_unstarted(&self, code: i32) -> impl Future<Output = Result<(), Self::Error>>;
+
     /// Stops the sidecars, last started first: their stop signal, SIGKILL at `deadline`.
     fn stop_sidecars(&self, deadline: Instant) -> impl Future<Output = ()>;
 
@@ -239,8 +243,12 @@ async fn before_start<S: Supervised>(
         ended
     };
     // It never ran: the container goes.
-    if let Err(error) = c.signal(Signal::SIGKILL).await {
-        tracing::warn!(container = c.id(), %error, "could not kill the container");
+    let ended_by = match &ended {
+        Ended::InitFailed(failure) => c.end_unstarted(failure.exit_code()).await,
+        _ => c.signal(Signal::SIGKILL).await,
+    };
+    if let Err(error) = ended_by {
+        tracing::warn!(container = c.id(), %error, "could not end the container");
     }
     exit.await;
     Some(ended)

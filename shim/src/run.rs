@@ -236,6 +236,7 @@ impl Launch {
             state: self.state.clone(),
             health: StatusFile::new(status_path(None, &self.id)),
             sink: Sink::Stderr,
+            gate: None,
         }
     }
 

@@ -20,6 +20,12 @@ impl Supervised for Fake {
         Ok(())
     }
 
+    async fn end_unstarted(&self, code: i32) -> Result<(), FakeError> {
+        self.record(format!("end unstarted with {code}"));
+        self.end(ExitStatus::Exited(code));
+        Ok(())
+    }
+
     async fn stop_sidecars(&self, deadline: Instant) {
         let at = deadline.duration_since(self.start).as_secs();
         self.record(format!("stop sidecars, SIGKILL at {at}"));
@@ -140,7 +146,7 @@ async fn a_failed_poststart_without_prestop_sends_the_stop_signal_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_failed_init_container_kills_the_container_and_skips_poststop() {
+async fn a_failed_init_container_ends_the_container_with_its_status_and_skips_poststop() {
     let fake = Fake::new();
     let json = r#"{"initContainers": [{"name": "one", "command": ["ok"]}, {"name": "two", "command": ["fail"]}],
                    "postStop": {"exec": {"command": ["ok"]}}}"#;
@@ -151,8 +157,8 @@ async fn a_failed_init_container_kills_the_container_and_skips_poststop() {
             (0, "exec init:one ok"),
             (0, "exec init:two fail"),
             (0, "report init container init exec \"two\" failed: exited with exit code 3 (0ms); output:"),
-            (0, "signal SIGKILL"),
-            (0, "exit 137"),
+            (0, "end unstarted with 3"),
+            (0, "exit 3"),
             (0, "stop sidecars, SIGKILL at 30"),
         ])
     );

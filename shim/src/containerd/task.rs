@@ -251,6 +251,7 @@ impl Task {
             state: self.bundle.clone(),
             health: StatusFile::new(status_path(Some(&self.events.namespace), &self.id)),
             sink,
+            gate: None,
         };
         let exit = async {
             let status = exit.await;

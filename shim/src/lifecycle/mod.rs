@@ -63,6 +63,8 @@ pub struct RuncLife<'a> {
     /// The health check's latest result; removed when this is dropped.
     pub health: StatusFile,
     pub sink: Sink,
+    /// Under `lifecycle-runc`, with init containers: the gate the entrypoint starts through.
+    pub gate: Option<crate::runtime::gate::Gate>,
 }
 
 /// The outcome of an init container for its `once` volume and its pod sandbox's record.
@@ -148,7 +150,21 @@ impl Supervised for RuncLife<'_> {
         if self.started_with_the_container {
             return Ok(());
         }
+        if let Some(gate) = &self.gate {
+            gate.open()?;
+        }
         Ok(self.container.start().await?)
+    }
+
+    /// Through the gate, the container exits with `code`; without one, it is killed.
+    async fn end_unstarted(&self, code: i32) -> Result<(), ContainerError> {
+        match &self.gate {
+            Some(gate) => {
+                gate.exit_with(code)?;
+                Ok(self.container.start().await?)
+            }
+            None => self.container.signal(Signal::SIGKILL).await,
+        }
     }
 
     async fn stop_sidecars(&self, deadline: Instant) {

@@ -14,6 +14,7 @@
 #![allow(unsafe_code)]
 
 mod args;
+pub mod gate;
 mod protocol;
 mod supervisor;
 
@@ -29,6 +30,7 @@ use nix::sys::signal::Signal;
 
 use crate::bundle::{Bundle, SpecOrigin};
 use args::{CommandArgs, Invocation, CREATE_VALUE_FLAGS};
+use gate::Gate;
 use protocol::{socket_path, state_dir, Answer, Ask, Connection};
 use supervisor::SupervisorArgs;
 
@@ -75,29 +77,27 @@ impl Front {
             .unwrap_or_else(|| PathBuf::from("runc"))
     }
 
-    /// The runtime with the call's global flags and command, stdio inherited.
-    fn runtime_command(&self) -> Command {
+    /// The runtime with the call's global flags and command, then `args`; stdio inherited.
+    fn runtime_command(&self, args: &[OsString]) -> Command {
         let mut cmd = Command::new(self.runtime());
-        cmd.args(&self.call.globals);
-        if let Some(command) = &self.call.command {
-            cmd.arg(command);
-        }
-        cmd.args(&self.call.args);
+        cmd.args(&self.call.globals)
+            .args(self.call.command.iter())
+            .args(args);
         cmd
     }
 
     /// Becomes the runtime, for a call that is runc's alone.
     fn pass_on(&self) -> ExitCode {
-        let error = self.runtime_command().exec();
+        let error = self.runtime_command(&self.call.args).exec();
         self.fail(&format!(
             "cannot run the OCI runtime {:?}: {error}",
             self.runtime()
         ))
     }
 
-    /// Runs the call in the runtime and returns its exit status.
-    fn run_runtime(&self) -> Result<std::process::ExitStatus, ExitCode> {
-        self.runtime_command().status().map_err(|error| {
+    /// Runs the call's command with `args` in the runtime and returns its exit status.
+    fn run_runtime(&self, args: &[OsString]) -> Result<std::process::ExitStatus, ExitCode> {
+        self.runtime_command(args).status().map_err(|error| {
             self.fail(&format!(
                 "cannot run the OCI runtime {:?}: {error}",
                 self.runtime()
@@ -144,11 +144,11 @@ impl Front {
         let Ok(bundle) = Bundle::load(&bundle_dir) else {
             return self.pass_on();
         };
-        match bundle.runtime_plan() {
+        let plan = match bundle.runtime_plan() {
             Ok((SpecOrigin::None | SpecOrigin::Sandbox, _)) => return self.pass_on(),
-            Ok(_) => {}
+            Ok((_, plan)) => plan,
             Err(error) => return self.fail(&format!("container {id}: {error}")),
-        }
+        };
         let dir = self.state_dir(id);
         let supervised = SupervisorArgs {
             id: id.clone(),
@@ -164,7 +164,19 @@ impl Front {
                 return self.fail(&format!("container {id}: {message}"));
             }
         };
-        let status = match self.run_runtime() {
+        let mut create_args = self.call.args.clone();
+        if !plan.init_containers.is_empty() {
+            match Gate::prepare(&dir, &bundle.path) {
+                Ok(derived) => create_args = with_bundle(&create_args, &derived),
+                Err(error) => {
+                    drop(connection);
+                    let _ = supervisor.wait();
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return self.fail(&format!("container {id}: cannot prepare its gate: {error}"));
+                }
+            }
+        }
+        let status = match self.run_runtime(&create_args) {
             Ok(status) => status,
             Err(code) => return code,
         };
@@ -304,7 +316,7 @@ impl Front {
             return self.pass_on();
         };
         let supervisor = self.supervisor(id);
-        let status = match self.run_runtime() {
+        let status = match self.run_runtime(&self.call.args) {
             Ok(status) => status,
             Err(code) => return code,
         };
@@ -324,6 +336,30 @@ impl Front {
             _ => ExitCode::SUCCESS,
         }
     }
+}
+
+/// `create`'s arguments with the bundle replaced by `bundle`.
+fn with_bundle(args: &[OsString], bundle: &Path) -> Vec<OsString> {
+    let mut replaced = Vec::with_capacity(args.len() + 2);
+    let mut found = false;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let text = arg.to_string_lossy();
+        let flag = text.trim_start_matches('-');
+        if text.starts_with('-') && (flag == "bundle" || flag == "b") {
+            rest.next();
+        } else if !(text.starts_with('-') && (flag.starts_with("bundle=") || flag.starts_with("b="))) {
+            replaced.push(arg.clone());
+            continue;
+        }
+        replaced.push("--bundle".into());
+        replaced.push(bundle.into());
+        found = true;
+    }
+    if !found {
+        replaced.splice(0..0, ["--bundle".into(), bundle.into()]);
+    }
+    replaced
 }
 
 /// runc's container ids (`^[\w+-\.]+$`); anything else is runc's to refuse, and never a path.
@@ -417,6 +453,23 @@ mod tests {
         assert_eq!(at(0), "1970-01-01T00:00:00Z");
         assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(at(1_796_169_600 + 3_723), "2026-12-02T01:02:03Z");
+    }
+
+    #[test]
+    fn the_bundle_is_replaced_in_every_spelling() {
+        let os = |args: &[&str]| args.iter().map(OsString::from).collect::<Vec<_>>();
+        let derived = Path::new("/d");
+        for args in [
+            &["--bundle", "/b", "--pid-file", "/p", "id"][..],
+            &["--bundle=/b", "--pid-file", "/p", "id"],
+            &["-b", "/b", "--pid-file", "/p", "id"],
+        ] {
+            assert_eq!(
+                with_bundle(&os(args), derived),
+                os(&["--bundle", "/d", "--pid-file", "/p", "id"])
+            );
+        }
+        assert_eq!(with_bundle(&os(&["id"]), derived), os(&["--bundle", "/d", "id"]));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use super::gate::Gate;
 use super::protocol::{socket_path, Answer, Ask};
 use crate::bundle::Bundle;
 use crate::lifecycle::container::{ContainerError, RuncContainer, SignalRoute};
@@ -158,6 +159,7 @@ async fn serve(args: &SupervisorArgs) -> io::Result<()> {
         state: args.dir.clone(),
         health: StatusFile::new(status_path(Some(super::BINARY_NAME), &args.id)),
         sink,
+        gate: Gate::find(&args.dir),
     };
     let (requests, mut received) = mpsc::unbounded_channel();
     let calls = Calls {

@@ -1,0 +1,23 @@
+//! Builds the gate (`gate/gate.rs`): a static program without std or libc that runs in any
+//! container rootfs, embedded in the binary with `include_bytes!`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=gate/gate.rs");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let target = std::env::var("TARGET").expect("TARGET");
+    let status = Command::new(rustc)
+        .args(["--edition", "2021", "--crate-type", "bin", "--target", &target])
+        .args(["-C", "panic=abort", "-C", "opt-level=s", "-C", "relocation-model=static"])
+        .args(["-C", "link-arg=-nostartfiles", "-C", "link-arg=-nostdlib"])
+        .args(["-C", "link-arg=-static", "-C", "strip=symbols"])
+        .arg("gate/gate.rs")
+        .arg("-o")
+        .arg(out.join("gate"))
+        .status()
+        .expect("cannot run rustc for the gate");
+    assert!(status.success(), "building the gate failed");
+}
