@@ -10,8 +10,22 @@ fn main() {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let target = std::env::var("TARGET").expect("TARGET");
     let status = Command::new(rustc)
-        .args(["--edition", "2021", "--crate-type", "bin", "--target", &target])
-        .args(["-C", "panic=abort", "-C", "opt-level=s", "-C", "relocation-model=static"])
+        .args([
+            "--edition",
+            "2021",
+            "--crate-type",
+            "bin",
+            "--target",
+            &target,
+        ])
+        .args([
+            "-C",
+            "panic=abort",
+            "-C",
+            "opt-level=s",
+            "-C",
+            "relocation-model=static",
+        ])
         .args(["-C", "link-arg=-nostartfiles", "-C", "link-arg=-nostdlib"])
         .args(["-C", "link-arg=-static", "-C", "strip=symbols"])
         .arg("gate/gate.rs")

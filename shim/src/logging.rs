@@ -19,7 +19,11 @@ pub fn init() {
 
 /// Under `lifecycle-runc`, the supervisor logs to a file in its state directory.
 pub fn init_file(path: &std::path::Path) {
-    let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(path) else {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    else {
         return;
     };
     init_writer(file);

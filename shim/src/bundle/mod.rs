@@ -165,7 +165,12 @@ impl Bundle {
             let (name, value) = entry.split_once('=')?;
             (name == CONTAINER_NAME_ENV).then(|| value.to_owned())
         });
-        let rootfs = path.join(config.root().as_ref().map_or(Path::new("rootfs"), |r| r.path()));
+        let rootfs = path.join(
+            config
+                .root()
+                .as_ref()
+                .map_or(Path::new("rootfs"), |r| r.path()),
+        );
         Ok(Bundle {
             binds,
             env_name,
@@ -335,10 +340,7 @@ impl Bundle {
 /// A spec's text from at most one byte past [`MAX_SPEC_BYTES`], so a huge file (or
 /// `/dev/zero`) is refused without being read; JSON is UTF-8, so other bytes are refused with
 /// where they start.
-fn spec_text(
-    bytes: std::io::Result<Vec<u8>>,
-    origin: SpecOrigin,
-) -> Result<String, BundleError> {
+fn spec_text(bytes: std::io::Result<Vec<u8>>, origin: SpecOrigin) -> Result<String, BundleError> {
     let bytes = bytes.map_err(|source| BundleError::SpecFile {
         origin: origin.clone(),
         source,
@@ -418,6 +420,102 @@ mod tests {
             (CONTAINER_NAME_ANNOTATION, "sidecar"),
         ]);
         assert_eq!(other.plan(None).unwrap().1.grace.as_secs(), 1);
+    }
+
+    /// A bundle with `mounts` and the given files in its rootfs.
+    fn bundle_on_disk(mounts: serde_json::Value, files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let file = dir.path().join("rootfs").join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, text).unwrap();
+        }
+        let config = serde_json::json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+                                        "mounts": mounts});
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn lifecycle_runc_reads_the_spec_file_from_a_bind_mount_or_the_rootfs() {
+        let spec = r#"{"terminationGracePeriodSeconds": 7}"#;
+        let image = bundle_on_disk(
+            serde_json::json!([]),
+            &[("etc/lifecycle-shim/spec.json", spec)],
+        );
+        let b = Bundle::load(image.path()).unwrap();
+        let (origin, plan) = b.runtime_plan().unwrap();
+        assert_eq!(plan.grace.as_secs(), 7);
+        assert!(matches!(origin, SpecOrigin::ContainerFile(_)), "{origin}");
+        assert_eq!(
+            b.plan(None).unwrap().0,
+            SpecOrigin::None,
+            "only for lifecycle-runc"
+        );
+
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(
+            host.path().join("spec.json"),
+            r#"{"terminationGracePeriodSeconds": 8}"#,
+        )
+        .unwrap();
+        let file_bind = serde_json::json!([{"destination": CONTAINER_SPEC_PATH, "type": "bind",
+            "source": host.path().join("spec.json"), "options": ["rbind", "ro"]}]);
+        let mounted = bundle_on_disk(file_bind, &[("etc/lifecycle-shim/spec.json", spec)]);
+        let plan = Bundle::load(mounted.path())
+            .unwrap()
+            .runtime_plan()
+            .unwrap()
+            .1;
+        assert_eq!(
+            plan.grace.as_secs(),
+            8,
+            "the bind mount hides the image's file"
+        );
+
+        let dir_bind = serde_json::json!([{"destination": "/etc/lifecycle-shim", "type": "bind",
+            "source": host.path(), "options": ["rbind"]}]);
+        let volume = bundle_on_disk(dir_bind, &[]);
+        let plan = Bundle::load(volume.path())
+            .unwrap()
+            .runtime_plan()
+            .unwrap()
+            .1;
+        assert_eq!(plan.grace.as_secs(), 8);
+
+        let annotated = bundle(&[(SPEC_ANNOTATION, r#"{"terminationGracePeriodSeconds": 9}"#)]);
+        assert_eq!(annotated.runtime_plan().unwrap().1.grace.as_secs(), 9);
+    }
+
+    #[test]
+    fn a_symlink_in_the_rootfs_never_leads_to_a_host_file() {
+        let host = tempfile::tempdir().unwrap();
+        let secret = host.path().join("spec.json");
+        std::fs::write(&secret, r#"{"terminationGracePeriodSeconds": 5}"#).unwrap();
+        let image = bundle_on_disk(serde_json::json!([]), &[]);
+        let dir = image.path().join("rootfs/etc/lifecycle-shim");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join("spec.json")).unwrap();
+        let (origin, _) = Bundle::load(image.path()).unwrap().runtime_plan().unwrap();
+        assert_eq!(
+            origin,
+            SpecOrigin::None,
+            "resolved inside the rootfs, where it is missing"
+        );
+    }
+
+    #[test]
+    fn the_container_name_comes_from_cri_crio_or_the_environment() {
+        let mut b = bundle(&[(CRIO_METADATA_ANNOTATION, r#"{"name": "app", "attempt": 1}"#)]);
+        assert_eq!(b.container_name().as_deref(), Some("app"));
+        b.annotations.clear();
+        b.env_name = Some("web".into());
+        assert_eq!(b.container_name().as_deref(), Some("web"));
+        let infra = bundle(&[
+            (CRIO_CONTAINER_TYPE_ANNOTATION, "sandbox"),
+            (SPEC_ANNOTATION, "{}"),
+        ]);
+        assert_eq!(infra.runtime_plan().unwrap().0, SpecOrigin::Sandbox);
     }
 
     #[test]

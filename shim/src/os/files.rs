@@ -24,7 +24,11 @@ pub fn read_at_most(path: &std::path::Path, max: usize) -> io::Result<Vec<u8>> {
 
 /// Like [`read_at_most`], for `path` below `root` resolved as if `root` were `/`: no symlink
 /// or `..` leads out of it (openat2's RESOLVE_IN_ROOT), and no magic link is followed.
-pub fn read_in_root(root: &std::path::Path, path: &std::path::Path, max: usize) -> io::Result<Vec<u8>> {
+pub fn read_in_root(
+    root: &std::path::Path,
+    path: &std::path::Path,
+    max: usize,
+) -> io::Result<Vec<u8>> {
     use std::ffi::CString;
     use std::io::Read;
     use std::os::fd::{FromRawFd, OwnedFd};

@@ -113,12 +113,15 @@ impl CommandArgs {
     }
 
     pub fn has(&self, names: &[&str]) -> bool {
-        self.flags.iter().any(|(name, _)| names.contains(&name.as_str()))
+        self.flags
+            .iter()
+            .any(|(name, _)| names.contains(&name.as_str()))
     }
 }
 
 /// `create`'s flags that take a value (runc 1.1).
-pub const CREATE_VALUE_FLAGS: [&str; 5] = ["bundle", "b", "pid-file", "console-socket", "preserve-fds"];
+pub const CREATE_VALUE_FLAGS: [&str; 5] =
+    ["bundle", "b", "pid-file", "console-socket", "preserve-fds"];
 
 #[cfg(test)]
 mod tests {

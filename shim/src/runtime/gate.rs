@@ -29,8 +29,12 @@ impl Gate {
         let program = gate.join("gate");
         std::fs::write(&program, PROGRAM)?;
         std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755))?;
-        let mut config: Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)?;
-        let args = config["process"]["args"].as_array().cloned().unwrap_or_default();
+        let mut config: Value =
+            serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)?;
+        let args = config["process"]["args"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let gated = std::iter::once(Value::from(format!("{MOUNT_POINT}/gate"))).chain(args);
         config["process"]["args"] = gated.collect::<Vec<_>>().into();
         let root = config["root"]["path"].as_str().unwrap_or("rootfs");

@@ -207,7 +207,9 @@ impl Front {
     /// A supervisor that failed after runc created the container: the container goes too.
     fn undo_create(&self, id: &str, message: &str) -> ExitCode {
         let mut delete = Command::new(self.runtime());
-        delete.args(&self.call.globals).args(["delete", "--force", id]);
+        delete
+            .args(&self.call.globals)
+            .args(["delete", "--force", id]);
         let _ = delete.stdout(Stdio::null()).stderr(Stdio::null()).status();
         let _ = std::fs::remove_dir_all(self.state_dir(id));
         self.fail(&format!(
@@ -348,7 +350,9 @@ fn with_bundle(args: &[OsString], bundle: &Path) -> Vec<OsString> {
         let flag = text.trim_start_matches('-');
         if text.starts_with('-') && (flag == "bundle" || flag == "b") {
             rest.next();
-        } else if !(text.starts_with('-') && (flag.starts_with("bundle=") || flag.starts_with("b="))) {
+        } else if !(text.starts_with('-')
+            && (flag.starts_with("bundle=") || flag.starts_with("b=")))
+        {
             replaced.push(arg.clone());
             continue;
         }
@@ -469,7 +473,10 @@ mod tests {
                 os(&["--bundle", "/d", "--pid-file", "/p", "id"])
             );
         }
-        assert_eq!(with_bundle(&os(&["id"]), derived), os(&["--bundle", "/d", "id"]));
+        assert_eq!(
+            with_bundle(&os(&["id"]), derived),
+            os(&["--bundle", "/d", "id"])
+        );
     }
 
     #[test]

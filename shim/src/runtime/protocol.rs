@@ -108,7 +108,10 @@ mod tests {
     fn state_dirs_differ_by_root_and_id() {
         let a = state_dir(Some(Path::new("/run/runc")), "x");
         assert_eq!(a, state_dir(None, "x"));
-        assert_ne!(a, state_dir(Some(Path::new("/run/docker/runtime-runc/moby")), "x"));
+        assert_ne!(
+            a,
+            state_dir(Some(Path::new("/run/docker/runtime-runc/moby")), "x")
+        );
         assert_ne!(a, state_dir(None, "y"));
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
@@ -118,6 +121,9 @@ mod tests {
     fn asks_are_one_json_line() {
         let line = serde_json::to_string(&Ask::Stop(15)).unwrap();
         assert_eq!(line, r#"{"stop":15}"#);
-        assert_eq!(serde_json::from_str::<Ask>(r#""start""#).unwrap(), Ask::Start);
+        assert_eq!(
+            serde_json::from_str::<Ask>(r#""start""#).unwrap(),
+            Ask::Start
+        );
     }
 }
