@@ -282,7 +282,8 @@ mod without_a_spec {
 /// `podman kube play` of a pod whose annotations hold a spec per container, matched by the
 /// containers' `LIFECYCLE_CONTAINER_NAME` (kube play names no container in config.json).
 /// Podman 4.3 refuses annotation values over 63 characters, so each spec is one handler
-/// running a script.
+/// running a script; a third container has a longer spec in a file mounted from a `hostPath`
+/// at `/etc/lifecycle-shim/spec.json`.
 #[test]
 fn kube_play_gives_each_container_its_own_spec() {
     if !crate::podman_ready() {
@@ -312,6 +313,16 @@ fn kube_play_gives_each_container_its_own_spec() {
             "volumeMounts": [{"name": "markers", "mountPath": "/markers"}],
         })
     };
+    let spec_file = podman.dir().join("batch-spec.json");
+    let batch_spec = json!({"postStart": exec("post-batch"), "preStop": exec("pre-batch")});
+    fs::write(&spec_file, batch_spec.to_string()).unwrap();
+    let mut batch = container("batch");
+    batch["env"] = json!([]);
+    batch["volumeMounts"].as_array_mut().unwrap().push(
+        json!({"name": "spec", "mountPath": "/etc/lifecycle-shim/spec.json", "readOnly": true}),
+    );
+    let mut containers = names.map(container).to_vec();
+    containers.push(batch);
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -320,8 +331,11 @@ fn kube_play_gives_each_container_its_own_spec() {
             "lifecycle-shim/spec.worker": spec("worker"),
         }},
         "spec": {
-            "containers": names.map(container),
-            "volumes": [{"name": "markers", "hostPath": {"path": markers, "type": "Directory"}}],
+            "containers": containers,
+            "volumes": [
+                {"name": "markers", "hostPath": {"path": markers, "type": "Directory"}},
+                {"name": "spec", "hostPath": {"path": spec_file, "type": "File"}},
+            ],
         },
     });
     // kube play reads YAML, of which JSON is a part.
@@ -329,6 +343,7 @@ fn kube_play_gives_each_container_its_own_spec() {
     let order = markers.join("order");
     wait_for_line(&order, Some("up-web"));
     wait_for_line(&order, Some("up-worker"));
+    wait_for_line(&order, Some("post-batch"));
     podman.ok(&["pod", "stop", "-t", "30", "hooked"]);
     let lines = read_lines(&order);
     for name in names {
@@ -340,7 +355,9 @@ fn kube_play_gives_each_container_its_own_spec() {
         );
         assert!(pre.is_some() && pre < term, "{name}: {lines:?}");
     }
-    assert_eq!(lines.len(), 6, "each hook once: {lines:?}");
+    let at = |what: &str| lines.iter().position(|l| l == what);
+    assert!(at("pre-batch").is_some() && at("pre-batch") < at("term-batch"), "{lines:?}");
+    assert_eq!(lines.len(), 10, "each hook once: {lines:?}");
     podman.ok(&["pod", "rm", "hooked"]);
 }
 
