@@ -356,7 +356,10 @@ fn kube_play_gives_each_container_its_own_spec() {
         assert!(pre.is_some() && pre < term, "{name}: {lines:?}");
     }
     let at = |what: &str| lines.iter().position(|l| l == what);
-    assert!(at("pre-batch").is_some() && at("pre-batch") < at("term-batch"), "{lines:?}");
+    assert!(
+        at("pre-batch").is_some() && at("pre-batch") < at("term-batch"),
+        "{lines:?}"
+    );
     assert_eq!(lines.len(), 10, "each hook once: {lines:?}");
     podman.ok(&["pod", "rm", "hooked"]);
 }

@@ -248,6 +248,8 @@ impl Front {
         cmd.arg0(BINARY_NAME)
             .arg(SUPERVISE)
             .arg(serde_json::to_string(args).map_err(|e| e.to_string())?)
+            // Nowhere near the bundle, whose mounts the engine will unmount.
+            .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
