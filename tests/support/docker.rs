@@ -76,8 +76,6 @@ pub struct Docker {
     runtime: PathBuf,
     containerd: Option<Child>,
     dockerd: Option<Child>,
-    /// How long starting both daemons took, until dockerd answered.
-    pub startup: Duration,
 }
 
 impl Docker {
@@ -95,13 +93,10 @@ impl Docker {
             runtime: runtime.to_owned(),
             containerd: None,
             dockerd: None,
-            startup: Duration::ZERO,
         };
         docker.write_config();
-        let started = Instant::now();
         docker.launch_containerd();
         docker.launch_dockerd();
-        docker.startup = started.elapsed();
         let tar = docker.path("busybox.tar");
         busybox_tar(docker.dir(), &tar);
         docker.import(&tar, IMAGE);
