@@ -101,6 +101,26 @@ impl Cli {
     }
 }
 
+/// `create` as conmon and Docker's shim write it, for `bundle` with its pid file beside it.
+fn create_args(bundle: &TestBundle) -> Vec<String> {
+    let pid_file = bundle.dir.path().join("init.pid");
+    let (b, p) = (bundle.path(), pid_file);
+    let args = [
+        "create",
+        "--bundle",
+        b.to_str().unwrap(),
+        "--pid-file",
+        p.to_str().unwrap(),
+    ];
+    strings(&[&args[..], &[&bundle.id]].concat())
+}
+
+/// The global flags Docker's shim puts before every call: `--log` and `--log-format json`.
+fn docker_globals(root: &str, log: &Path) -> Vec<String> {
+    let log = log.to_str().unwrap();
+    strings(&["--root", root, "--log", log, "--log-format", "json"])
+}
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
 }
@@ -119,17 +139,10 @@ fn without_a_spec_every_call_reaches_runc_as_written() {
     let root = bundle.runc_root();
     let root = root.to_str().unwrap();
     let root_eq = format!("--root={root}");
-    let b = bundle.path();
     let pid_file = bundle.dir.path().join("init.pid");
     let id = bundle.id.as_str();
-    let create = [
-        "create",
-        "--bundle",
-        b.to_str().unwrap(),
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-        id,
-    ];
+    let create = create_args(&bundle);
+    let create: Vec<&str> = create.iter().map(String::as_str).collect();
     let calls: Vec<Vec<&str>> = vec![
         [&["--root", root][..], &create].concat(),
         vec![&root_eq, "start", id],
@@ -204,28 +217,15 @@ fn a_supervised_container_runs_its_hooks_through_the_calls_of_an_engine() {
     let pid_file = bundle.dir.path().join("init.pid");
     let log = bundle.dir.path().join("log.json");
     let id = bundle.id.as_str();
-    // As Docker's shim calls it: --log and --log-format before the command.
-    let globals = [
-        "--root",
-        root,
-        "--log",
-        log.to_str().unwrap(),
-        "--log-format",
-        "json",
-    ];
+    let globals = docker_globals(root, &log);
+    let globals: Vec<&str> = globals.iter().map(String::as_str).collect();
     fn with<'a>(globals: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
         [globals, args].concat()
     }
+    let create = create_args(&bundle);
     cli.ok(&with(
         &globals,
-        &[
-            "create",
-            "--bundle",
-            b.to_str().unwrap(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-            id,
-        ],
+        &create.iter().map(String::as_str).collect::<Vec<_>>(),
     ));
     assert_eq!(
         cli.supervisors().len(),
@@ -300,21 +300,16 @@ fn a_bad_spec_fails_create_naming_the_field_and_leaves_nothing() {
     let root = bundle.runc_root();
     let root = root.to_str().unwrap();
     let log = bundle.dir.path().join("log.json");
-    let pid_file = bundle.dir.path().join("init.pid");
-    let out = cli.call(&[
-        "--root",
-        root,
-        "--log",
-        log.to_str().unwrap(),
-        "--log-format",
-        "json",
-        "create",
-        "--bundle",
-        bundle.path().to_str().unwrap(),
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-        &bundle.id,
-    ]);
+    let globals = docker_globals(root, &log);
+    let globals: Vec<&str> = globals.iter().map(String::as_str).collect();
+    let create = create_args(&bundle);
+    let out = cli.call(
+        &[
+            &globals[..],
+            &create.iter().map(String::as_str).collect::<Vec<_>>(),
+        ]
+        .concat(),
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

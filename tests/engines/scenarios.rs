@@ -34,16 +34,7 @@ pub trait Engine: Sized {
     /// Runs the CLI and fails the test unless it succeeds; returns its stdout.
     #[track_caller]
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "{} {args:?} exited with {}\nstdout:\n{}\nstderr:\n{}",
-            self.name(),
-            out.status,
-            out.stdout_text(),
-            out.stderr_text()
-        );
-        out.stdout_text()
+        crate::host::succeeded(self.name(), args, self.cli(args))
     }
 
     /// `run <run_flags> <extra> IMAGE sh -c <script>`, returning the CLI's result.

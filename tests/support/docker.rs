@@ -260,15 +260,7 @@ disabled_plugins = [{disabled}]
     /// Runs `docker <args>`, fails the test unless it succeeds, and returns its stdout.
     #[track_caller]
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "docker {args:?} exited with {}\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            out.stdout_text(),
-            out.stderr_text()
-        );
-        out.stdout_text()
+        crate::host::succeeded("docker", args, self.docker(args))
     }
 
     /// Imports a rootfs tar as image `name` (see [`IMAGE_CHANGES`]).

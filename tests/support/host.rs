@@ -277,6 +277,20 @@ pub fn sha256_hex(text: &str) -> String {
         .to_owned()
 }
 
+/// The stdout of a CLI call that must have succeeded; else fails the test with what `what`
+/// printed.
+#[track_caller]
+pub fn succeeded(what: &str, args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} {args:?} exited with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout_text(),
+        out.stderr_text()
+    );
+    out.stdout_text()
+}
+
 /// An engine CLI's result, with helpers for assertions.
 pub trait OutputExt {
     fn stdout_text(&self) -> String;

@@ -174,15 +174,7 @@ runtime = "{name}"
     /// Runs `podman <args>`, fails the test unless it succeeds, and returns its stdout.
     #[track_caller]
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.podman(args);
-        assert!(
-            out.status.success(),
-            "podman {args:?} exited with {}\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            out.stdout_text(),
-            out.stderr_text()
-        );
-        out.stdout_text()
+        crate::host::succeeded("podman", args, self.podman(args))
     }
 
     /// Imports a rootfs tar as image `name` (see [`IMAGE_CHANGES`]). containers/image records

@@ -77,13 +77,8 @@ fn fail(error: &dyn std::fmt::Display) -> ExitCode {
 }
 
 fn serve(flags: containerd_shim::Flags) -> ExitCode {
-    // The crate's socket setup runs on tokio's blocking pool; its thread would linger 10 s
-    // (tokio's default) in a shim that is otherwise idle on one thread.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_keep_alive(std::time::Duration::from_millis(100))
-        .build()
-    {
+    // The crate's socket setup runs on tokio's blocking pool: see one_thread_runtime.
+    let runtime = match crate::os::one_thread_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("{BINARY_NAME}: cannot start the async runtime: {error}");

@@ -8,3 +8,12 @@ pub mod pidfd;
 pub mod pidfile;
 pub mod reaper;
 pub mod runc;
+
+/// The async runtime of a long-running process (shim, supervisor): one thread; the blocking
+/// pool's threads, if any are ever needed, go soon after (tokio's default keeps one 10 s).
+pub fn one_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_keep_alive(std::time::Duration::from_millis(100))
+        .build()
+}

@@ -133,7 +133,7 @@ mod tests {
 
     #[test]
     fn global_flags_in_both_spellings_are_read_and_passed_on() {
-        let parsed = Invocation::parse(&os(&[
+        let globals = [
             "--root",
             "/r",
             "--log=/l.json",
@@ -141,25 +141,12 @@ mod tests {
             "json",
             "--systemd-cgroup",
             "--new-flag=x",
-            "kill",
-            "id",
-            "15",
-        ]));
+        ];
+        let parsed = Invocation::parse(&os(&[&globals[..], &["kill", "id", "15"]].concat()));
         assert_eq!(parsed.root, Some("/r".into()));
         assert_eq!(parsed.log, Some("/l.json".into()));
         assert_eq!(parsed.log_format.as_deref(), Some("json"));
-        assert_eq!(
-            parsed.globals,
-            os(&[
-                "--root",
-                "/r",
-                "--log=/l.json",
-                "--log-format",
-                "json",
-                "--systemd-cgroup",
-                "--new-flag=x"
-            ])
-        );
+        assert_eq!(parsed.globals, os(&globals));
         assert_eq!(parsed.command.as_deref(), Some("kill"));
         assert_eq!(parsed.args, os(&["id", "15"]));
     }

@@ -87,11 +87,7 @@ pub fn main(arg: Option<&OsString>) -> ExitCode {
         return ExitCode::FAILURE;
     };
     crate::logging::init_file(&args.dir.join("supervisor.log"));
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_keep_alive(std::time::Duration::from_millis(100))
-        .build()
-    {
+    let runtime = match crate::os::one_thread_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start the async runtime");
