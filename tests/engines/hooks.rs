@@ -225,6 +225,30 @@ fn a_failing_poststart_stops_the_container<E: Engine>(engine: &E) {
 }
 with_lifecycle_runc!(failing_poststart, a_failing_poststart_stops_the_container);
 
+/// A sidecar (an init container with `restartPolicy: Always`) runs beside the entrypoint and
+/// is stopped after it, then postStop runs: the engine's cleanup (`delete`, right after the
+/// exit it sees) waits for both instead of cutting them short.
+fn sidecars_and_poststop_follow_the_stop<E: Engine>(engine: &E) {
+    let markers = engine.host_dir("markers");
+    let spec = json!({
+        "initContainers": [{"name": "side", "restartPolicy": "Always", "command": ["sh", "-c",
+            "trap 'echo side-term >> /markers/order; exit 0' TERM; echo side-up >> /markers/order; \
+             while :; do sleep 1000 & wait $!; done"]}],
+        "postStop": exec("post-stop"),
+    });
+    let id = run_with_spec(engine, &spec, &markers, MAIN);
+    let order = markers.join("order");
+    wait_for_line(&order, Some("main"));
+    engine.ok(&["stop", "-t", "30", &id]);
+    engine.ok(&["rm", &id]);
+    assert_eq!(
+        read_lines(&order),
+        ["side-up", "main", "term", "side-term", "post-stop"]
+    );
+    assert_nothing_left(engine, &id);
+}
+with_lifecycle_runc!(sidecars, sidecars_and_poststop_follow_the_stop);
+
 /// `rm -f` of a running supervised container leaves no supervisor, no state, no runc
 /// container and no process of the container.
 fn rm_force_leaves_nothing<E: Engine>(engine: &E) {

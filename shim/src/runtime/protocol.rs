@@ -19,8 +19,8 @@ pub enum Ask {
     Stop(i32),
     /// `kill ID 9` is on its way to the container: cut everything short.
     Kill,
-    /// `delete` removed the container: finish and exit. Never answered: the connection closes
-    /// when the supervisor has exited.
+    /// `delete` removed the container. Never answered: the connection closes when the
+    /// supervisor has finished (the sidecars' stop, postStop) and exited.
     Delete,
 }
 

@@ -221,8 +221,11 @@ impl Calls {
                 Answer::Done
             }
             Ask::Delete => {
-                // The connection stays open until the supervisor exits.
-                let _ = self.requests.send(Request::Kill);
+                // The container is gone: the supervisor finishes by itself (the sidecars'
+                // stop within the grace period, postStop) and exits, closing the connection.
+                // Engines delete right after the exit they see, even after a graceful stop
+                // (Podman with --force): this must not cut the sidecars' stop short; `kill 9`
+                // (`rm -f`) does.
                 std::future::pending::<()>().await;
                 return;
             }
