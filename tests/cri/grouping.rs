@@ -1,7 +1,7 @@
 //! One shim per pod, as runc's shim groups containers under their sandbox: the sandbox and its
 //! app containers are served by one shim process, each container with its own hooks and stop;
-//! a hung PreStop in one does not delay another's stop; a containerd restart reconnects to the
-//! shared shim with every task; the shim exits once the sandbox is removed.
+//! a hung PreStop or a flood of output in one does not delay another's hooks or stop; a containerd restart reconnects to the shared shim with every task; the shim
+//! exits once the sandbox is removed.
 
 use serde_json::json;
 
@@ -125,4 +125,56 @@ fn a_killed_shared_shim_is_cleaned_up_for_every_task() {
             assert!(left.trim().is_empty(), "{procs:?} holds {left}");
         }
     }
+}
+
+/// A flood of output in one container of a pod, its entrypoint's and a PostStart's that prints
+/// without end, also while containerd restarts and nobody reads the streams: the shim serves
+/// the whole pod on one thread, so a write into a full stream must never wait. Another
+/// container of the pod runs its PostStart and stops with its PreStop before its TERM trap;
+/// the flood goes on, and what CRI read of it is in its log.
+#[test]
+fn a_flood_of_output_in_one_container_delays_no_other_of_its_pod() {
+    let Some(mut env) = Env::new() else { return };
+    env.reset_markers();
+    let flood = json!({"postStart": {"exec": {"command": ["sh", "-c",
+        "echo hook >> /markers/flood; yes hook-line"]}}});
+    let specs = [
+        (spec_key("flood"), flood),
+        (
+            spec_key("calm"),
+            spec("calm", "echo prestop >> /markers/calm"),
+        ),
+    ];
+    let specs: Vec<(&str, serde_json::Value)> =
+        specs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let pod = env.pod("flood", LIFECYCLE, &specs);
+    let flooding = "yes err >&2 & echo up >> /markers/flood; yes out";
+    let calm = script("calm");
+    let (pod_id, ids) = env.start(&pod, &[("flood", flooding), ("calm", &calm)]);
+    wait_until("the flood and its hook run", || {
+        let lines = env.lines("flood");
+        lines.contains(&"up".to_owned()) && lines.contains(&"hook".to_owned())
+    });
+    wait_for_line(&env.markers().join("calm"), Some("poststart"));
+    let shims = env.containerd.shim_processes();
+    assert_eq!(shims.len(), 1, "the sandbox and both containers: {shims:?}");
+
+    env.containerd.restart();
+    env.cri = Cri::connect(&env.containerd.cri_socket());
+    wait_until("the CRI plugin answers again", || env.cri.answers());
+    env.cri.stop_container(&ids[1], 10);
+    assert_eq!(env.lines("calm"), ["poststart", "prestop", "term"]);
+    let flood = env.cri.container_status(&ids[0]);
+    assert_eq!(
+        flood.state,
+        k8s_cri::v1::ContainerState::ContainerRunning as i32,
+        "the flood goes on"
+    );
+    let log = env.container_log(&pod, "flood");
+    assert!(log.contains(" out"), "the flood's own output is logged");
+    assert!(
+        log.contains("[postStart] hook-line"),
+        "its hook's output is logged"
+    );
+    env.remove(&pod_id, &ids);
 }
