@@ -44,7 +44,7 @@ fn recorded_runtimes(dir: &Path) -> String {
 }
 
 /// The major and minor version of the `containerd` on PATH.
-fn containerd_version() -> (u32, u32) {
+pub(crate) fn containerd_version() -> (u32, u32) {
     let out = std::process::Command::new("containerd")
         .arg("--version")
         .output()

@@ -1,7 +1,8 @@
 //! A task's stdio as containerd describes it: fifo paths (what `ctr`, Docker and the CRI plugin
 //! create), `file://` and `binary://` log URIs, a terminal, or nothing. The container gets the fifos themselves, so its
-//! output reaches containerd without passing through the shim; the shim keeps a second handle
-//! on stderr to write hook output into the same stream.
+//! output reaches containerd without passing through the shim; the shim writes hook output
+//! into the same stderr stream through a description of its own that never blocks (a
+//! [`Stream`]).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use super::console::{ConsoleSocket, PendingConsole};
 use super::logbinary;
 use crate::lifecycle::output::Sink;
+use crate::lifecycle::stream::Stream;
 use crate::os::reaper::Reaper;
 use crate::os::runc::ProcessIo;
 
@@ -86,10 +88,7 @@ pub async fn open(
         for pipe in [&pipes.stdout, &pipes.stderr] {
             chown(pipe, paths.owner).map_err(|e| open_error("stdout", paths.stdout, e))?;
         }
-        let sink = pipes
-            .stderr
-            .try_clone()
-            .map_err(|e| open_error("stderr", paths.stdout, e))?;
+        let sink = hook_sink("stderr", paths.stdout, &pipes.stderr)?;
         return Ok(OpenedStdio {
             io: ProcessIo {
                 stdin: open_stdin(paths)?,
@@ -97,7 +96,7 @@ pub async fn open(
                 stderr: Stdio::from(pipes.stderr),
                 console_socket: None,
             },
-            hook_sink: Some(Sink::File(Arc::new(File::from(sink)))),
+            hook_sink: Some(sink),
             console: None,
         });
     }
@@ -133,10 +132,8 @@ pub async fn open(
                 "" => (Stdio::null(), None),
                 path => {
                     let fifo = open_fifo("stderr", path, Direction::Write, paths.owner)?;
-                    let sink = fifo
-                        .try_clone()
-                        .map_err(|e| open_error("stderr", path, e))?;
-                    (Stdio::from(fifo), Some(Sink::File(Arc::new(sink))))
+                    let sink = hook_sink("stderr", path, &fifo)?;
+                    (Stdio::from(fifo), Some(sink))
                 }
             };
             (stdout, stderr, sink)
@@ -168,10 +165,7 @@ fn open_terminal(paths: &StdioPaths<'_>) -> Result<OpenedStdio, StdioError> {
         path => Some(open_fifo("stdout", path, Direction::Write, None)?),
     };
     let hook_sink = match &stdout {
-        Some(file) => Some(Sink::File(Arc::new(
-            file.try_clone()
-                .map_err(|e| open_error("stdout", paths.stdout, e))?,
-        ))),
+        Some(file) => Some(hook_sink("stdout", paths.stdout, file)?),
         None => None,
     };
     Ok(OpenedStdio {
@@ -253,6 +247,18 @@ fn open_fifo(
     }
     chown(&file, owner).map_err(|e| open_error(stream, path, e))?;
     Ok(file)
+}
+
+/// Hook output's sink on a pipe or fifo the process writes to: a [`Stream`], so that the shim,
+/// which serves every container of a pod on one thread, never waits for the stream's reader.
+fn hook_sink(
+    stream: &'static str,
+    path: &str,
+    pipe: &impl std::os::fd::AsFd,
+) -> Result<Sink, StdioError> {
+    Stream::open(pipe)
+        .map(Sink::Stream)
+        .map_err(|e| open_error(stream, path, e))
 }
 
 fn open_error(stream: &'static str, path: &str, source: io::Error) -> StdioError {

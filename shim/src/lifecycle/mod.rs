@@ -10,6 +10,7 @@ pub mod poststop;
 pub mod sandbox;
 pub mod sidecar;
 pub mod status;
+pub mod stream;
 pub mod termination;
 
 use std::io;

@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use tokio::net::unix::pipe;
 
+use super::stream::Stream;
+
 /// How much of a hook's output is kept for its report.
 pub const MAX_TAIL: usize = 4096;
 /// Longer lines are shown in pieces of this size.
@@ -18,18 +20,22 @@ const MAX_LINE: usize = 4096;
 #[derive(Clone)]
 pub enum Sink {
     Stderr,
-    /// A stream of the container's own, e.g. its stderr fifo, so `ctr` or `docker logs` show
-    /// the lines; whole lines are written at once so they do not interleave with the
+    /// A regular file of the container's (a `file://` log), so the lines are where its
+    /// output is; whole lines are written at once so they do not interleave with the
     /// container's.
     File(Arc<File>),
+    /// A pipe or fifo of the container's, e.g. its stderr fifo, so `ctr` or `docker logs` show
+    /// the lines; written without ever making the shim wait for a reader.
+    Stream(Stream),
 }
 
 impl Sink {
     pub fn write_line(&self, line: &str) {
-        let _ = match self {
-            Sink::Stderr => io::stderr().lock().write_all(line.as_bytes()),
-            Sink::File(file) => (&**file).write_all(line.as_bytes()),
-        };
+        match self {
+            Sink::Stderr => drop(io::stderr().lock().write_all(line.as_bytes())),
+            Sink::File(file) => drop((&**file).write_all(line.as_bytes())),
+            Sink::Stream(stream) => stream.write_line(line),
+        }
     }
 }
 
