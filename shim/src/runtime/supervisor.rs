@@ -31,6 +31,7 @@ use crate::lifecycle::container::{ContainerError, RuncContainer, SignalRoute};
 use crate::lifecycle::output::Sink;
 use crate::lifecycle::sidecar::{SidecarHost, Sidecars};
 use crate::lifecycle::status::{status_path, StatusFile};
+use crate::lifecycle::stream::Stream;
 use crate::lifecycle::{start_wait, RuncLife};
 use crate::os::pidfd;
 use crate::os::reaper::Reaper;
@@ -178,18 +179,24 @@ async fn serve(args: &SupervisorArgs) -> io::Result<()> {
     Ok(())
 }
 
-/// The container's stderr, as the engine set it up, for hook output and lifecycle messages.
+/// The container's stderr, as the engine set it up, for hook output and lifecycle messages: a
+/// pipe (conmon's, the Go shim's fifo) is written without ever waiting for its reader (see
+/// [`Stream`]); a terminal or a file directly.
 fn container_stderr(pid: i32) -> Sink {
-    match std::fs::OpenOptions::new()
+    use std::os::unix::fs::FileTypeExt;
+    let opened = std::fs::OpenOptions::new()
         .append(true)
         .open(format!("/proc/{pid}/fd/2"))
-    {
-        Ok(file) => Sink::File(Arc::new(file)),
-        Err(error) => {
-            tracing::warn!(%error, "cannot write to the container's stderr; hook output goes to the log");
-            Sink::Stderr
-        }
-    }
+        .and_then(|file| {
+            if file.metadata()?.file_type().is_fifo() {
+                return Stream::open(&file).map(Sink::Stream);
+            }
+            Ok(Sink::File(Arc::new(file)))
+        });
+    opened.unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot write to the container's stderr; hook output goes to the log");
+        Sink::Stderr
+    })
 }
 
 /// The calls of the `lifecycle-runc` commands, turned into requests to the supervisor.
