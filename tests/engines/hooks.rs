@@ -258,9 +258,42 @@ fn rm_force_leaves_nothing<E: Engine>(engine: &E) {
     wait_for_line(&markers.join("order"), Some("post-exec"));
     assert_eq!(supervisors_of(&id).len(), 1, "one supervisor while it runs");
     assert!(supervisor_state(engine, &id).exists());
+    let init: i32 = engine
+        .ok(&["inspect", "--format", "{{.State.Pid}}", &id])
+        .trim()
+        .parse()
+        .unwrap();
+    let inside = processes_rooted_like(init);
+    assert!(inside.contains(&init), "{inside:?}");
     engine.ok(&["rm", "-f", &id]);
     assert!(!engine.runc_state(&id).exists(), "runc state left");
     assert_nothing_left(engine, &id);
+    // Zombies are not processes left: they wait for a late reaper (the machine's PID 1).
+    let running = |pid: &i32| {
+        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+    };
+    let alive: Vec<i32> = inside.into_iter().filter(running).collect();
+    assert_eq!(alive, Vec::<i32>::new(), "processes of the container left");
+}
+
+/// The processes whose root directory is that of process `pid` (the container's rootfs).
+fn processes_rooted_like(pid: i32) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let identity = |pid: &str| {
+        fs::metadata(format!("/proc/{pid}/root"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let root = identity(&pid.to_string()).expect("the container's init is alive");
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| identity(&p.to_string()) == Some(root))
+        .collect()
 }
 with_lifecycle_runc!(rm_force, rm_force_leaves_nothing);
 
