@@ -265,6 +265,11 @@ fn rm_force_leaves_nothing<E: Engine>(engine: &E) {
         .unwrap();
     let inside = processes_rooted_like(init);
     assert!(inside.contains(&init), "{inside:?}");
+    let monitors: Vec<i32> = engine.monitors(&id).iter().map(|p| p.pid).collect();
+    assert!(
+        monitors.contains(&parent_of(init)),
+        "the container's init stays the child of the engine's monitor {monitors:?}"
+    );
     engine.ok(&["rm", "-f", &id]);
     assert!(!engine.runc_state(&id).exists(), "runc state left");
     assert_nothing_left(engine, &id);
@@ -278,6 +283,38 @@ fn rm_force_leaves_nothing<E: Engine>(engine: &E) {
     let alive: Vec<i32> = inside.into_iter().filter(running).collect();
     assert_eq!(alive, Vec::<i32>::new(), "processes of the container left");
 }
+
+fn parent_of(pid: i32) -> i32 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    fields[1].parse().unwrap()
+}
+
+/// A bad spec fails the engine's `run`, naming the field, and nothing is left of it.
+fn a_bad_spec_fails_run_naming_the_field<E: Engine>(engine: &E) {
+    let markers = engine.host_dir("markers");
+    let spec = json!({"preStop": {"httpGet": {"path": "/", "port": 70000}}});
+    let flags = spec_flags(engine, &spec, &markers);
+    let mut args: Vec<&str> = vec!["--name", "bad"];
+    args.extend(flags.iter().map(String::as_str));
+    let run = engine.run(&args, MAIN);
+    assert_ne!(run.code(), 0);
+    let stderr = run.stderr_text();
+    assert!(
+        stderr.contains("preStop.httpGet.port: must be 1..65535"),
+        "{stderr}"
+    );
+    assert!(
+        read_lines(&markers.join("order")).is_empty(),
+        "the entrypoint never ran"
+    );
+    let id = engine.ok(&["inspect", "--format", "{{.Id}}", "bad"]);
+    let id = id.trim();
+    assert!(!engine.runc_state(id).exists(), "runc state left");
+    assert_nothing_left(engine, id);
+    engine.ok(&["rm", "-f", "bad"]);
+}
+with_lifecycle_runc!(bad_spec, a_bad_spec_fails_run_naming_the_field);
 
 /// The processes whose root directory is that of process `pid` (the container's rootfs).
 fn processes_rooted_like(pid: i32) -> Vec<i32> {
