@@ -21,6 +21,11 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// Whether this build has a gate (see `build.rs`).
+    pub fn available() -> bool {
+        !PROGRAM.is_empty()
+    }
+
     /// Writes the gate and a bundle derived from `bundle` that runs the container's process
     /// through it; returns the derived bundle's path.
     pub fn prepare(state: &Path, bundle: &Path) -> io::Result<PathBuf> {

@@ -165,7 +165,7 @@ impl Front {
             }
         };
         let mut create_args = self.call.args.clone();
-        if !plan.init_containers.is_empty() {
+        if !plan.init_containers.is_empty() && Gate::available() {
             match Gate::prepare(&dir, &bundle.path) {
                 Ok(derived) => create_args = with_bundle(&create_args, &derived),
                 Err(error) => {
