@@ -49,6 +49,10 @@ enum Command {
         /// Read the lifecycle spec from this file instead of the bundle's annotations.
         #[arg(long)]
         spec: Option<PathBuf>,
+        /// Look where `lifecycle-runc` looks: also /etc/lifecycle-shim/spec.json as the
+        /// container would see it.
+        #[arg(long, conflicts_with = "spec")]
+        lifecycle_runc: bool,
         bundle: PathBuf,
     },
 }
@@ -64,7 +68,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     crate::logging::init();
     let code = match cli.command {
-        Command::Check { spec, bundle } => check(&bundle, spec.as_deref()),
+        Command::Check {
+            spec,
+            lifecycle_runc,
+            bundle,
+        } => check(&bundle, spec.as_deref(), lifecycle_runc),
         Command::Status { namespace, id } => {
             crate::lifecycle::status::show(namespace.as_deref(), &id)
         }
@@ -100,8 +108,12 @@ pub fn main() -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
-fn check(bundle: &std::path::Path, spec: Option<&std::path::Path>) -> i32 {
-    match Bundle::load(bundle).and_then(|b| b.plan(spec)) {
+fn check(bundle: &std::path::Path, spec: Option<&std::path::Path>, lifecycle_runc: bool) -> i32 {
+    let plan = |b: Bundle| match lifecycle_runc {
+        true => b.runtime_plan(),
+        false => b.plan(spec),
+    };
+    match Bundle::load(bundle).and_then(plan) {
         Ok((origin, plan)) => {
             println!("source: {origin}");
             print!("{plan}");

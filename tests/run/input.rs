@@ -193,3 +193,35 @@ fn check_prints_the_resolved_plan() {
     );
     assert!(stdout.contains("preStop: none\n"), "{stdout}");
 }
+
+#[test]
+fn check_with_lifecycle_runc_reads_the_image_spec_file() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle = TestBundle::new("true");
+    bundle.add_script(
+        "/etc/lifecycle-shim/spec.json",
+        r#"{"terminationGracePeriodSeconds": 7}"#,
+    );
+    let check = |extra: &[&str]| {
+        std::process::Command::new(SHIM)
+            .arg("check")
+            .args(extra)
+            .arg(bundle.path())
+            .output()
+            .unwrap()
+    };
+    let plain = String::from_utf8_lossy(&check(&[]).stdout).into_owned();
+    assert!(plain.starts_with("source: no lifecycle spec"), "{plain}");
+    let out = check(&["--lifecycle-runc"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("source: spec file /etc/lifecycle-shim/spec.json (on the host: "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("termination grace period: 7.0s\n"),
+        "{stdout}"
+    );
+}
