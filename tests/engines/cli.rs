@@ -79,6 +79,13 @@ impl Cli {
             .collect()
     }
 
+    /// What is in the supervisors' state directory.
+    fn state_entries(&self) -> Vec<PathBuf> {
+        fs::read_dir(self.state())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
     /// Nothing is left: no runc container in `root`, no supervisor, no state directory.
     #[track_caller]
     fn assert_clean(&self, root: &Path) {
@@ -94,10 +101,11 @@ impl Cli {
             "runc containers left"
         );
         assert_eq!(self.supervisors(), Vec::<String>::new(), "supervisors left");
-        let left: Vec<_> = fs::read_dir(self.state())
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert_eq!(left, Vec::<PathBuf>::new(), "supervisor state left");
+        assert_eq!(
+            self.state_entries(),
+            Vec::<PathBuf>::new(),
+            "supervisor state left"
+        );
     }
 }
 
@@ -326,5 +334,76 @@ fn a_bad_spec_fails_create_naming_the_field_and_leaves_nothing() {
         "runc never ran: {:?}",
         cli.recorded()
     );
+    cli.assert_clean(&bundle.runc_root());
+}
+
+#[test]
+fn a_second_create_with_the_id_fails_and_leaves_the_first_alone() {
+    if !support::prerequisites() {
+        return;
+    }
+    let cli = Cli::new();
+    let bundle = TestBundle::new(
+        "trap 'exit 0' TERM; echo main >> /markers/order; sleep 1000 & wait",
+    )
+    .with_spec(
+        json!({"preStop": {"exec": {"command": ["sh", "-c", "echo preStop >> /markers/order"]}}}),
+    );
+    let root = bundle.runc_root();
+    let root = root.to_str().unwrap();
+    let create = create_args(&bundle);
+    let create: Vec<&str> = create.iter().map(String::as_str).collect();
+    let with_root = [&["--root", root][..], &create].concat();
+    cli.ok(&with_root);
+    let again = cli.call(&with_root);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already has a lifecycle supervisor"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        cli.supervisors().len(),
+        1,
+        "the first one's supervisor is untouched"
+    );
+    cli.ok(&["--root", root, "start", &bundle.id]);
+    wait_for_line(&bundle.marker("order"), Some("main"));
+    cli.ok(&["--root", root, "kill", &bundle.id, "TERM"]);
+    wait_until("the container has stopped", || {
+        state_of(&cli, root, &bundle.id)["status"] == "stopped"
+    });
+    assert_eq!(bundle.lines("order"), ["main", "preStop"]);
+    cli.ok(&["--root", root, "delete", &bundle.id]);
+    cli.assert_clean(&bundle.runc_root());
+}
+
+#[test]
+fn a_failed_runc_create_leaves_no_supervisor() {
+    if !support::prerequisites() {
+        return;
+    }
+    let cli = Cli::new();
+    let mut bundle =
+        TestBundle::new("true").with_spec(json!({"postStart": {"exec": {"command": ["true"]}}}));
+    bundle.config["process"]["args"] = json!(["/no/such/program"]);
+    bundle.save();
+    let root = bundle.runc_root();
+    let create = create_args(&bundle);
+    let create: Vec<&str> = create.iter().map(String::as_str).collect();
+    let out = cli.call(&[&["--root", root.to_str().unwrap()][..], &create].concat());
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/no/such/program"),
+        "runc's own error: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cli.ok(&[
+        "--root",
+        root.to_str().unwrap(),
+        "delete",
+        "--force",
+        &bundle.id,
+    ]);
     cli.assert_clean(&bundle.runc_root());
 }

@@ -157,35 +157,36 @@ impl Front {
             root: self.call.root.clone(),
             dir: dir.clone(),
         };
-        let (mut connection, mut supervisor) = match self.start_supervisor(&supervised) {
+        let (mut connection, supervisor) = match self.start_supervisor(&supervised) {
             Ok(started) => started,
-            Err(message) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return self.fail(&format!("container {id}: {message}"));
-            }
+            Err(message) => return self.fail(&format!("container {id}: {message}")),
+        };
+        // Before runc created anything: the supervisor sees the connection close and exits.
+        let abandon = |connection: Connection, mut supervisor: Child| {
+            drop(connection);
+            let _ = supervisor.wait();
+            let _ = std::fs::remove_dir_all(&dir);
         };
         let mut create_args = self.call.args.clone();
         if !plan.init_containers.is_empty() && Gate::available() {
             match Gate::prepare(&dir, &bundle.path) {
                 Ok(derived) => create_args = with_bundle(&create_args, &derived),
                 Err(error) => {
-                    drop(connection);
-                    let _ = supervisor.wait();
-                    let _ = std::fs::remove_dir_all(&dir);
+                    abandon(connection, supervisor);
                     return self.fail(&format!("container {id}: cannot prepare its gate: {error}"));
                 }
             }
         }
-        let status = match self.run_runtime(&create_args) {
-            Ok(status) => status,
-            Err(code) => return code,
-        };
-        if !status.success() {
-            // The supervisor sees the connection close and exits.
-            drop(connection);
-            let _ = supervisor.wait();
-            let _ = std::fs::remove_dir_all(&dir);
-            return exit_code(status);
+        match self.run_runtime(&create_args) {
+            Ok(status) if status.success() => {}
+            Ok(status) => {
+                abandon(connection, supervisor);
+                return exit_code(status);
+            }
+            Err(code) => {
+                abandon(connection, supervisor);
+                return code;
+            }
         }
         let pid = args
             .value(&["pid-file"])
@@ -240,6 +241,14 @@ impl Front {
         // Left by a supervisor that was killed: nothing answers there.
         let _ = std::fs::remove_dir_all(dir);
         make_private_dir(dir).map_err(|e| format!("cannot create {dir:?}: {e}"))?;
+        self.spawn_supervisor(args).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(dir);
+        })
+    }
+
+    /// [`Front::start_supervisor`] once its directory is there.
+    fn spawn_supervisor(&self, args: &SupervisorArgs) -> Result<(Connection, Child), String> {
+        let dir = &args.dir;
         let listener = UnixListener::bind(socket_path(dir))
             .map_err(|e| format!("cannot listen in {dir:?}: {e}"))?;
         let listening = listener.as_raw_fd();
