@@ -4,14 +4,18 @@ use std::io::IsTerminal;
 
 use tracing::level_filters::LevelFilter;
 
-pub fn init() {
-    let level = std::env::var("LIFECYCLE_SHIM_LOG")
+/// `LIFECYCLE_SHIM_LOG`, default `info`.
+fn level() -> LevelFilter {
+    std::env::var("LIFECYCLE_SHIM_LOG")
         .ok()
         .and_then(|l| l.parse::<LevelFilter>().ok())
-        .unwrap_or(LevelFilter::INFO);
+        .unwrap_or(LevelFilter::INFO)
+}
+
+pub fn init() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(level)
+        .with_max_level(level())
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -88,13 +92,9 @@ pub fn init_shim_log() {
 }
 
 fn init_writer(file: impl std::io::Write + Send + 'static) {
-    let level = std::env::var("LIFECYCLE_SHIM_LOG")
-        .ok()
-        .and_then(|l| l.parse::<LevelFilter>().ok())
-        .unwrap_or(LevelFilter::INFO);
     tracing_subscriber::fmt()
         .with_writer(std::sync::Mutex::new(file))
-        .with_max_level(level)
+        .with_max_level(level())
         .with_target(false)
         .with_ansi(false)
         .init();

@@ -473,16 +473,11 @@ fn supervisors_of(id: &str) -> Vec<crate::host::Process> {
         .collect()
 }
 
-/// The supervisor's state directory of container `id`: `/run/lifecycle-runc/<key>`, where the
-/// key is FNV-1a of runc's root, a NUL and the id (as `lifecycle-runc` names it).
+/// The supervisor's state directory of container `id`, as `lifecycle-runc` names it from the
+/// engine's runc root.
 fn supervisor_state<E: Engine>(engine: &E, id: &str) -> PathBuf {
     let state = engine.runc_state(id);
-    let root = state.parent().unwrap();
-    let key = [root.as_os_str().as_encoded_bytes(), b"\0", id.as_bytes()].concat();
-    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    PathBuf::from("/run/lifecycle-runc").join(format!("{hash:016x}"))
+    lifecycle_shim::runtime::state_dir(state.parent(), id)
 }
 
 #[track_caller]

@@ -53,8 +53,7 @@ impl BaseBundle {
             .iter()
             .map(|(k, v)| Value::from(format!("{k}={v}")));
         process["env"] = env.into_iter().chain(extra).collect::<Vec<_>>().into();
-        let root = config["root"]["path"].as_str().unwrap_or("rootfs");
-        config["root"]["path"] = self.bundle.join(root).to_string_lossy().into_owned().into();
+        absolute_root(&mut config, &self.bundle);
         if let Some(path) = config["linux"]["cgroupsPath"].as_str() {
             config["linux"]["cgroupsPath"] = format!("{path}-{suffix}").into();
         }
@@ -73,6 +72,13 @@ impl BaseBundle {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("config.json"), serde_json::to_vec(&config)?)
     }
+}
+
+/// Makes a config's `root.path` absolute, for a bundle written elsewhere than `bundle` (the
+/// same rootfs, by path).
+pub fn absolute_root(config: &mut Value, bundle: &Path) {
+    let root = config["root"]["path"].as_str().unwrap_or("rootfs");
+    config["root"]["path"] = bundle.join(root).to_string_lossy().into_owned().into();
 }
 
 #[cfg(test)]

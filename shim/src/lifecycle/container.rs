@@ -127,14 +127,10 @@ const PF_EXITING: u64 = 0x4;
 
 /// Whether `pid` is exiting, a zombie, or gone, from `/proc/PID/stat`.
 fn init_is_exiting(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Some(fields) = crate::os::proc_stat(pid) else {
         return true;
     };
-    // Fields after the command name, which is in parentheses and may contain anything.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let state = fields.first().copied().unwrap_or("X");
+    let state = fields.first().map_or("X", String::as_str);
     let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
     matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
 }

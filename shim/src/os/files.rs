@@ -14,11 +14,13 @@ use nix::sys::stat::Mode;
 /// The first `max + 1` bytes of `path` at most: more than `max` means the file is too large,
 /// and a huge one (or `/dev/zero`) is never read further.
 pub fn read_at_most(path: &std::path::Path, max: usize) -> io::Result<Vec<u8>> {
+    read_bounded(File::open(path)?, max)
+}
+
+fn read_bounded(file: File, max: usize) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let mut bytes = Vec::new();
-    File::open(path)?
-        .take(max as u64 + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(max as u64 + 1).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -30,12 +32,13 @@ pub fn read_in_root(
     max: usize,
 ) -> io::Result<Vec<u8>> {
     use std::ffi::CString;
-    use std::io::Read;
     use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
     let dir = File::open(root)?;
     let name = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: open_how is plain integers, for which all zeroes is valid (and what the kernel
+    // wants of the fields left unset).
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
@@ -54,9 +57,7 @@ pub fn read_in_root(
     }
     // SAFETY: a new fd that nothing else owns.
     let file = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    let mut bytes = Vec::new();
-    file.take(max as u64 + 1).read_to_end(&mut bytes)?;
-    Ok(bytes)
+    read_bounded(file, max)
 }
 
 /// Replaces `path` with `bytes` atomically; see [`replace_in`].

@@ -17,3 +17,11 @@ pub fn one_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .thread_keep_alive(std::time::Duration::from_millis(100))
         .build()
 }
+
+/// The fields of `/proc/PID/stat` after the command name (which is in parentheses and may
+/// contain anything): the state (field 3) first. `None` if the process is gone.
+pub fn proc_stat(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}

@@ -61,9 +61,8 @@ pub async fn exited(watch: AsyncFd<OwnedFd>, pid: i32) -> ExitStatus {
 /// The wait status of an exited process that its parent has not reaped yet (field 52 of
 /// `/proc/PID/stat`).
 fn zombie_status(pid: i32) -> Option<ExitStatus> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    if fields.first() != Some(&"Z") {
+    let fields = crate::os::proc_stat(pid)?;
+    if fields.first().map(String::as_str) != Some("Z") {
         return None;
     }
     let status: i32 = fields.get(49)?.parse().ok()?;

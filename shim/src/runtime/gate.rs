@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::bundle::derived::absolute_root;
 use crate::os::files::write_atomically;
 
 static PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gate"));
@@ -42,8 +43,7 @@ impl Gate {
             .unwrap_or_default();
         let gated = std::iter::once(Value::from(format!("{MOUNT_POINT}/gate"))).chain(args);
         config["process"]["args"] = gated.collect::<Vec<_>>().into();
-        let root = config["root"]["path"].as_str().unwrap_or("rootfs");
-        config["root"]["path"] = bundle.join(root).to_string_lossy().into_owned().into();
+        absolute_root(&mut config, bundle);
         let mount = json!({
             "destination": MOUNT_POINT,
             "type": "bind",

@@ -31,7 +31,8 @@ use nix::sys::signal::Signal;
 use crate::bundle::{Bundle, SpecOrigin};
 use args::{CommandArgs, Invocation, CREATE_VALUE_FLAGS};
 use gate::Gate;
-use protocol::{socket_path, state_dir, Answer, Ask, Connection};
+pub use protocol::state_dir;
+use protocol::{socket_path, Answer, Ask, Connection};
 use supervisor::SupervisorArgs;
 
 pub const BINARY_NAME: &str = "lifecycle-runc";
