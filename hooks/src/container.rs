@@ -20,6 +20,7 @@ pub enum Phase {
     Init,
     PostStop,
     HealthCheck,
+    Reconfigure,
 }
 
 impl Phase {
@@ -30,6 +31,7 @@ impl Phase {
             Phase::Init => "init",
             Phase::PostStop => "postStop",
             Phase::HealthCheck => "healthCheck",
+            Phase::Reconfigure => "reconfigure",
         }
     }
 }

@@ -53,6 +53,25 @@ impl fmt::Display for Plan {
                 "no timeout",
             )?;
         }
+        if let Some(r) = &self.reconfigure {
+            let on_failure = if r.stop_on_failure {
+                "a failure stops the container"
+            } else {
+                "a failure is reported"
+            };
+            writeln!(
+                f,
+                "reconfigure: after {} without changes to {}, once at a time; {on_failure}",
+                Seconds(r.debounce),
+                r.paths
+                    .iter()
+                    .map(|p| Shown(p).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
+            write!(f, "  then ")?;
+            write_hook(f, &r.hook, "no timeout")?;
+        }
         Ok(())
     }
 }
@@ -108,6 +127,7 @@ fn write_hook(f: &mut fmt::Formatter<'_>, hook: &Hook, unbounded: &str) -> fmt::
     match &hook.action {
         Action::Exec { command } => write!(f, "exec {command:?}")?,
         Action::Sleep(d) => write!(f, "sleep {}", Seconds(*d))?,
+        Action::Signal(signal) => write!(f, "signal {signal} to the container's init")?,
         Action::HttpGet(get) => {
             let scheme = match get.scheme {
                 Scheme::Http => "http",
@@ -124,7 +144,7 @@ fn write_hook(f: &mut fmt::Formatter<'_>, hook: &Hook, unbounded: &str) -> fmt::
             }
         }
     }
-    if !matches!(hook.action, Action::Sleep(_)) {
+    if !matches!(hook.action, Action::Sleep(_) | Action::Signal(_)) {
         match hook.timeout {
             Some(t) => write!(f, ", timeout {}", Seconds(t))?,
             None => write!(f, ", {unbounded}")?,
@@ -200,5 +220,23 @@ postStart: exec [\"touch\", \"/ready\"], timeout 5.0s
 preStop: httpGet https (certificate not verified) 127.0.0.1:8443/drain from inside the container, X-Why: stop, bounded by the grace period
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn describes_reconfigure_and_signal_handlers() {
+        let plan = Plan::from_json(
+            r#"{"preStop": {"signal": {"name": "USR1"}},
+                "reconfigure": {"paths": ["/etc/nginx/conf.d", "/etc/app/app.conf"],
+                                "exec": {"command": ["nginx", "-s", "reload"]}, "timeoutSeconds": 10,
+                                "debounceSeconds": 2, "onFailure": "stop"}}"#,
+            &Defaults::default(),
+        )
+        .unwrap();
+        let text = plan.to_string();
+        let expected = "preStop: signal SIGUSR1 to the container's init
+reconfigure: after 2.0s without changes to /etc/nginx/conf.d, /etc/app/app.conf, once at a time; a failure stops the container
+  then exec [\"nginx\", \"-s\", \"reload\"], timeout 10.0s
+";
+        assert!(text.ends_with(expected), "{text}");
     }
 }

@@ -41,6 +41,8 @@ pub struct HookReport {
     /// The init container's name, for [`Phase::Init`].
     pub name: Option<String>,
     pub handler: &'static str,
+    /// What a reconfigure run was for: the changed paths, as the container sees them.
+    pub changed: Option<String>,
     pub elapsed: Duration,
     pub exit_code: Option<i32>,
     pub http_status: Option<u16>,
@@ -64,6 +66,7 @@ impl HookReport {
             Phase::Init => "FailedInitContainer",
             Phase::PostStop => "FailedPostStopHook",
             Phase::HealthCheck => "FailedHealthCheck",
+            Phase::Reconfigure => "FailedReconfigureHook",
         }
     }
 
@@ -72,10 +75,12 @@ impl HookReport {
         // Milliseconds with microsecond precision: most hooks take well under a millisecond.
         let duration_ms = (self.elapsed.as_secs_f64() * 1e6).round() / 1e3;
         let name = self.name.as_deref();
+        let changed = self.changed.as_deref();
         match &self.result {
             Err(HookFailure::ContainerExited) => tracing::info!(
                 phase,
                 name,
+                changed,
                 handler = self.handler,
                 duration_ms,
                 outcome = "cancelled",
@@ -84,6 +89,7 @@ impl HookReport {
             Ok(()) => tracing::info!(
                 phase,
                 name,
+                changed,
                 handler = self.handler,
                 duration_ms,
                 outcome = "ok",
@@ -94,6 +100,7 @@ impl HookReport {
             Err(error) => tracing::warn!(
                 phase,
                 name,
+                changed,
                 handler = self.handler,
                 duration_ms,
                 outcome = "failed",
@@ -113,6 +120,9 @@ impl fmt::Display for HookReport {
         write!(f, "{} {}", self.phase, self.handler)?;
         if let Some(name) = &self.name {
             write!(f, " {name:?}")?;
+        }
+        if let Some(changed) = &self.changed {
+            write!(f, " (changed: {changed})")?;
         }
         match &self.result {
             Ok(()) => write!(f, " succeeded")?,
@@ -185,6 +195,17 @@ pub async fn run_hook<C: Container>(
     hook: &Hook,
     outer: Option<Instant>,
 ) -> HookReport {
+    run_hook_for(c, phase, hook, outer, None).await
+}
+
+/// [`run_hook`], for the `changed` paths (a reconfigure run), which its report names.
+pub async fn run_hook_for<C: Container>(
+    c: &C,
+    phase: Phase,
+    hook: &Hook,
+    outer: Option<Instant>,
+    changed: Option<String>,
+) -> HookReport {
     let start = Instant::now();
     let deadline = earliest(hook.timeout.map(|t| start + t), outer);
     let mut cancelled = Cancelled {
@@ -218,6 +239,13 @@ pub async fn run_hook<C: Container>(
             }
             report
         }
+        Action::Signal(signal) => {
+            let report = report(phase, None, hook.action.name(), start);
+            match c.signal(*signal).await {
+                Ok(()) => report,
+                Err(error) => failed(report, error),
+            }
+        }
         Action::Sleep(duration) => {
             let wake = start + *duration;
             let mut report = report(phase, None, hook.action.name(), start);
@@ -232,7 +260,7 @@ pub async fn run_hook<C: Container>(
         }
     };
     cancelled.armed = false;
-    finish(c, report, start)
+    finish(c, HookReport { changed, ..report }, start)
 }
 
 /// Logs a handler whose future was dropped before it finished (the container exited, or SIGKILL
@@ -406,6 +434,7 @@ fn report(phase: Phase, name: Option<&str>, handler: &'static str, start: Instan
         phase,
         name: name.map(str::to_owned),
         handler,
+        changed: None,
         elapsed: start.elapsed(),
         exit_code: None,
         http_status: None,

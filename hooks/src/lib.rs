@@ -9,6 +9,7 @@ pub mod engine;
 pub mod health;
 pub mod http;
 pub mod plan;
+pub mod reconfigure;
 pub mod seconds;
 pub mod spec;
 pub mod supervisor;

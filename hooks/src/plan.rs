@@ -24,6 +24,7 @@ pub struct Plan {
     /// bundle (Nomad's poststop, Habitat's post-stop).
     pub post_stop: Stages,
     pub health_check: Option<HealthCheck>,
+    pub reconfigure: Option<Reconfigure>,
     pub stop_signal: Signal,
     pub grace: Duration,
     /// Waited on a stop request before PreStop, within the grace period (Nomad's
@@ -44,6 +45,27 @@ pub struct HealthCheck {
     /// Stop the container after this many critical results in a row; `None`: never.
     pub kill_after: Option<u32>,
 }
+
+/// A handler run when the files under `paths` change, once a burst of changes has been quiet
+/// for `debounce`; never two runs at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconfigure {
+    /// Absolute paths inside the container, each a directory or a file in a bind-mounted
+    /// volume.
+    pub paths: Vec<String>,
+    /// An exec, httpGet or signal handler with its timeout.
+    pub hook: Hook,
+    pub debounce: Duration,
+    /// A failed run stops the container, as a stop request does; otherwise it is reported.
+    pub stop_on_failure: bool,
+}
+
+/// The quiet time after a change before the reconfigure handler runs, unless the spec sets
+/// `debounceSeconds`: long enough to take a kubelet's atomic update (four changes within
+/// milliseconds) or an editor's save as one.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_secs(1);
+/// The most paths one reconfigure entry may watch.
+pub const MAX_WATCHED_PATHS: usize = 32;
 
 /// Habitat's default health-check interval.
 pub const DEFAULT_HEALTH_PERIOD: Duration = Duration::from_secs(30);
@@ -68,6 +90,8 @@ pub enum Action {
     Exec { command: Vec<String> },
     HttpGet(HttpGet),
     Sleep(Duration),
+    /// Sent to the container's init process.
+    Signal(Signal),
 }
 
 impl Action {
@@ -77,6 +101,7 @@ impl Action {
             Action::Exec { .. } => "exec",
             Action::HttpGet(_) => "httpGet",
             Action::Sleep(_) => "sleep",
+            Action::Signal(_) => "signal",
         }
     }
 }
@@ -126,6 +151,7 @@ impl Default for Plan {
             pre_stop: Vec::new(),
             post_stop: Vec::new(),
             health_check: None,
+            reconfigure: None,
             stop_signal: Signal::SIGTERM,
             grace: DEFAULT_GRACE,
             shutdown_delay: Duration::ZERO,
@@ -153,7 +179,14 @@ impl Plan {
             .post_stop
             .map_or_else(Vec::new, |p| v.phase("postStop", p));
         v.refuse_http_in("postStop", &post_stop);
+        v.refuse_signal_in(
+            "postStart",
+            &post_start,
+            "the entrypoint races PostStart and may not handle signals yet",
+        );
+        v.refuse_signal_in("postStop", &post_stop, "the container has exited");
         let health_check = spec.health_check.and_then(|h| v.health_check(h));
+        let reconfigure = spec.reconfigure.and_then(|r| v.reconfigure(r));
         let shutdown_delay = match spec.shutdown_delay_seconds {
             Some(s) => v.seconds("shutdownDelaySeconds", s, 0),
             None => Some(Duration::ZERO),
@@ -175,6 +208,7 @@ impl Plan {
             pre_stop,
             post_stop,
             health_check,
+            reconfigure,
             // Both are Some whenever no error was recorded.
             stop_signal: stop_signal.unwrap_or(Signal::SIGTERM),
             grace: grace.unwrap_or(DEFAULT_GRACE),
@@ -218,6 +252,9 @@ pub fn parse_signal(name: &str) -> Option<Signal> {
     };
     Signal::from_str(&full).ok()
 }
+
+/// The handlers of postStart, preStop and postStop.
+const PHASE_HANDLERS: &str = "exec, httpGet, sleep, signal";
 
 #[derive(Default)]
 struct Validator {
@@ -279,17 +316,87 @@ impl Validator {
             exec: h.exec,
             http_get: h.http_get,
             sleep: None,
+            signal: None,
             tcp_socket: None,
             timeout_seconds: h.timeout_seconds,
             retries: None,
             backoff_seconds: None,
         };
-        let hook = self.hook(path, handler);
+        let hook = self.hook(path, handler, "exec, httpGet");
         Some(HealthCheck {
             hook: hook?,
             period: period?,
             kill_after: kill_after?,
         })
+    }
+
+    fn reconfigure(&mut self, r: spec::ReconfigureSpec) -> Option<Reconfigure> {
+        let path = "reconfigure";
+        let errors_before = self.errors.len();
+        if r.paths.is_empty() {
+            self.fail::<()>(&format!("{path}.paths"), "must name at least one path to watch");
+        } else if r.paths.len() > MAX_WATCHED_PATHS {
+            self.fail::<()>(
+                &format!("{path}.paths"),
+                format!("at most {MAX_WATCHED_PATHS} paths"),
+            );
+        }
+        for (i, watched) in r.paths.iter().enumerate() {
+            let leaves = watched.split('/').any(|c| c == "..");
+            let control = watched.chars().any(char::is_control);
+            if !watched.starts_with('/') || control || leaves {
+                self.fail::<()>(
+                    &format!("{path}.paths[{i}]"),
+                    format!("{watched:?} must be an absolute path without '..', inside a bind-mounted volume"),
+                );
+            }
+        }
+        let debounce = match r.debounce_seconds {
+            None => Some(DEFAULT_DEBOUNCE),
+            Some(s) => self.seconds(&format!("{path}.debounceSeconds"), s, 0),
+        };
+        let stop_on_failure = match r.on_failure.as_deref() {
+            None | Some("report") => Some(false),
+            Some("stop") => Some(true),
+            Some(other) => self.fail(
+                &format!("{path}.onFailure"),
+                format!("must be \"stop\" or \"report\", not {other:?}"),
+            ),
+        };
+        let handler = spec::Handler {
+            exec: r.exec,
+            http_get: r.http_get,
+            sleep: None,
+            signal: r.signal,
+            tcp_socket: None,
+            timeout_seconds: r.timeout_seconds,
+            retries: None,
+            backoff_seconds: None,
+        };
+        let hook = self.hook(path, handler, "exec, httpGet, signal");
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(Reconfigure {
+            paths: r.paths,
+            hook: hook?,
+            debounce: debounce?,
+            stop_on_failure: stop_on_failure?,
+        })
+    }
+
+    /// Where a signal would reach no process that can handle it.
+    fn refuse_signal_in(&mut self, path: &str, stages: &Stages, why: &str) {
+        if stages
+            .iter()
+            .flatten()
+            .any(|h| matches!(h.action, Action::Signal(_)))
+        {
+            self.fail::<()>(
+                &format!("{path}.signal"),
+                format!("is not supported: {why}; use it in preStop or reconfigure"),
+            );
+        }
     }
 
     /// After the entrypoint exits its network namespace is gone: there is nothing to connect to.
@@ -309,7 +416,7 @@ impl Validator {
     fn phase(&mut self, path: &str, phase: spec::PhaseSpec) -> Stages {
         match phase {
             spec::PhaseSpec::One(handler) => self
-                .hook(path, handler)
+                .hook(path, handler, PHASE_HANDLERS)
                 .map(|h| vec![vec![h]])
                 .unwrap_or_default(),
             spec::PhaseSpec::Stages(stages) => {
@@ -325,7 +432,9 @@ impl Validator {
                     let hooks: Vec<Hook> = stage
                         .into_iter()
                         .enumerate()
-                        .filter_map(|(j, h)| self.hook(&format!("{path}[{i}][{j}]"), h))
+                        .filter_map(|(j, h)| {
+                            self.hook(&format!("{path}[{i}][{j}]"), h, PHASE_HANDLERS)
+                        })
                         .collect();
                     out.push(hooks);
                 }
@@ -334,7 +443,8 @@ impl Validator {
         }
     }
 
-    fn hook(&mut self, path: &str, h: spec::Handler) -> Option<Hook> {
+    /// One handler; `kinds` names the handlers the place allows, for the error message.
+    fn hook(&mut self, path: &str, h: spec::Handler, kinds: &str) -> Option<Hook> {
         if h.tcp_socket.is_some() {
             return self.fail(
                 &format!("{path}.tcpSocket"),
@@ -345,6 +455,7 @@ impl Validator {
             (h.exec.is_some(), "exec"),
             (h.http_get.is_some(), "httpGet"),
             (h.sleep.is_some(), "sleep"),
+            (h.signal.is_some(), "signal"),
         ]
         .into_iter()
         .filter_map(|(set, name)| set.then_some(name))
@@ -357,7 +468,7 @@ impl Validator {
             };
             return self.fail(
                 path,
-                format!("must set exactly one of exec, httpGet, sleep (found {found})"),
+                format!("must set exactly one of {kinds} (found {found})"),
             );
         }
         let timeout_path = format!("{path}.timeoutSeconds");
@@ -368,6 +479,15 @@ impl Validator {
         } else if let Some(http) = h.http_get {
             self.http_get(&format!("{path}.httpGet"), http)
                 .map(Action::HttpGet)
+        } else if let Some(signal) = h.signal {
+            if h.timeout_seconds.is_some() {
+                return self.fail(
+                    &timeout_path,
+                    "cannot be combined with signal (it is sent at once)",
+                );
+            }
+            self.signal(&format!("{path}.signal.name"), &signal.name)
+                .map(Action::Signal)
         } else {
             let sleep = h.sleep?;
             if h.timeout_seconds.is_some() {

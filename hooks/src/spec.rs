@@ -15,6 +15,7 @@ pub struct Spec {
     pub pre_stop: Option<PhaseSpec>,
     pub post_stop: Option<PhaseSpec>,
     pub health_check: Option<HealthCheckSpec>,
+    pub reconfigure: Option<ReconfigureSpec>,
     pub stop_signal: Option<String>,
     pub termination_grace_period_seconds: Option<i64>,
     pub shutdown_delay_seconds: Option<i64>,
@@ -61,7 +62,7 @@ impl<'de> Deserialize<'de> for PhaseSpec {
     }
 }
 
-/// One of `exec`, `httpGet`, `sleep`; which one is set is checked in validation so that the error
+/// One of `exec`, `httpGet`, `sleep`, `signal`; which one is set is checked in validation so that the error
 /// can name every field that was given.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -69,6 +70,7 @@ pub struct Handler {
     pub exec: Option<ExecAction>,
     pub http_get: Option<HttpGetAction>,
     pub sleep: Option<SleepAction>,
+    pub signal: Option<SignalAction>,
     /// Accepted by the parser only so that validation can refuse it with a useful message.
     pub tcp_socket: Option<IgnoredAny>,
     pub timeout_seconds: Option<i64>,
@@ -110,6 +112,13 @@ pub struct SleepAction {
     pub seconds: i64,
 }
 
+/// A signal sent to the container's init process, e.g. `{"name": "SIGHUP"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SignalAction {
+    pub name: String,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct InitContainer {
@@ -138,6 +147,22 @@ pub struct HealthCheckSpec {
     /// `"kill"` stops the container after `criticalThreshold` critical results in a row.
     pub on_critical: Option<String>,
     pub critical_threshold: Option<i64>,
+}
+
+/// A handler run when files under `paths` change (Habitat's reconfigure hook, Nomad's
+/// template `change_mode`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReconfigureSpec {
+    #[serde(default)]
+    pub paths: Vec<String>,
+    pub exec: Option<ExecAction>,
+    pub http_get: Option<HttpGetAction>,
+    pub signal: Option<SignalAction>,
+    pub timeout_seconds: Option<i64>,
+    pub debounce_seconds: Option<i64>,
+    /// `"stop"` stops the container (as a stop request does) when the handler fails.
+    pub on_failure: Option<String>,
 }
 
 /// Run this init container once per `key` for the volume holding `path` (install and upgrade

@@ -1,6 +1,6 @@
 //! One container's whole life, decided in one place for every front end: the init sequence
 //! (init containers, sidecars, `once` steps), the entrypoint's start, PostStart, health checks,
-//! the stop sequence, the sidecars' stop, postStop, and the [`Outcome`]. A front end (`run`, the
+//! reconfigure runs, the stop sequence, the sidecars' stop, postStop, and the [`Outcome`]. A front end (`run`, the
 //! containerd task) turns what it is asked into [`Request`]s and the outcome into its exit
 //! status; what the supervisor acts on is a [`Supervised`] container.
 
@@ -9,14 +9,15 @@ use std::pin::{pin, Pin};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 
 use crate::container::{ExitStatus, InitHost, Phase};
 use crate::engine::{kill_deadline, run_init_containers, run_phase, terminate};
 use crate::engine::{HookReport, InitFailure};
 use crate::health::{splay, watch_health, HealthResult};
-use crate::plan::{Plan, Stages};
+use crate::plan::{Plan, Reconfigure, Stages};
+use crate::reconfigure::{watch_reconfigure, Changes};
 
 /// What the supervisor acts on besides hook processes and the init sequence.
 pub trait Supervised: InitHost {
@@ -38,6 +39,13 @@ pub trait Supervised: InitHost {
 
     /// The latest health-check result, for whoever asks for the container's health.
     fn record_health(&self, result: &HealthResult);
+
+    /// What tells of changes to the reconfigure entry's files.
+    type Changes: Changes;
+
+    /// Starts watching `paths` (inside the container) for changes; they are watched until the
+    /// returned value is dropped.
+    fn watch(&self, paths: &[String]) -> Result<Self::Changes, Self::Error>;
 
     /// A lifecycle message for the user, where the container's output goes.
     fn report(&self, message: &str);
@@ -269,10 +277,46 @@ async fn stop_requested<E>(requests: &mut mpsc::UnboundedReceiver<Request<E>>) -
 enum Alarm {
     PostStartFailed(HookReport),
     Unhealthy,
+    /// The reconfigure handler failed (or its files could not be watched), and the spec asks
+    /// that this stop the container.
+    ReconfigureFailed(String),
 }
 
-/// The started container's life: PostStart beside the entrypoint, then health checks, the stop
-/// sequence on request or when either fails, until the entrypoint exits (which cancels any
+/// Reconfigure runs from now until a stop begins (`stopping` turns true), when the watch
+/// ends. Returns only when a failure is to stop the container.
+async fn reconfigure<S: Supervised>(
+    c: &S,
+    r: &Reconfigure,
+    mut stopping: watch::Receiver<bool>,
+) -> Alarm {
+    let failure = match c.watch(&r.paths) {
+        Err(error) => {
+            let message = format!("FailedReconfigureHook: cannot watch {:?}: {error}", r.paths);
+            c.report(&message);
+            Some(message)
+        }
+        Ok(mut changes) => {
+            let observe = |report: &HookReport| {
+                if report.failed() {
+                    c.report(&format!("{}: {report}", report.reason()));
+                }
+            };
+            tokio::select! {
+                failed = watch_reconfigure(c, r, &mut changes, observe) => {
+                    failed.map(|report| format!("{}: {report}", report.reason()))
+                }
+                _ = stopping.wait_for(|stopping| *stopping) => None,
+            }
+        }
+    };
+    match failure {
+        Some(message) if r.stop_on_failure => Alarm::ReconfigureFailed(message),
+        _ => std::future::pending().await,
+    }
+}
+
+/// The started container's life: PostStart beside the entrypoint, then health checks and
+/// reconfigure runs (until a stop begins), the stop sequence on request or when one fails, until the entrypoint exits (which cancels any
 /// hook still running).
 async fn running<S: Supervised>(
     c: &S,
@@ -281,22 +325,38 @@ async fn running<S: Supervised>(
     requests: &mut mpsc::UnboundedReceiver<Request<S::Error>>,
     stop_began: &mut Option<Instant>,
 ) -> Outcome {
+    let (stop_begun, stop_begun_seen) = watch::channel(false);
     let mut lifecycle = pin!(async {
         if let Some(report) = run_phase(c, Phase::PostStart, &plan.post_start, None).await {
             return Alarm::PostStartFailed(report);
         }
-        match &plan.health_check {
-            Some(check) => {
-                watch_health(c, check, splay(check.period), |r| c.record_health(r)).await;
-                Alarm::Unhealthy
+        let health = async {
+            match &plan.health_check {
+                Some(check) => {
+                    watch_health(c, check, splay(check.period), |r| c.record_health(r)).await;
+                    Alarm::Unhealthy
+                }
+                None => std::future::pending().await,
             }
-            None => std::future::pending().await,
+        };
+        let reconfigure = async {
+            match &plan.reconfigure {
+                Some(r) => reconfigure(c, r, stop_begun_seen).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            alarm = health => alarm,
+            alarm = reconfigure => alarm,
         }
     });
     // Dropped when SIGKILL cuts it short, which kills a PreStop still running.
     let mut stop = Some(Box::pin(terminate(c, plan)));
     let (mut lifecycle_done, mut hook_failed, mut stopped_by) = (false, false, None);
     loop {
+        if stop_began.is_some() {
+            stop_begun.send_if_modified(|begun| !std::mem::replace(begun, true));
+        }
         let stopping = stop_began.is_some() && stop.is_some();
         tokio::select! {
             status = exit.as_mut() => return Outcome { ended: Ended::Exited(status), hook_failed, stopped_by },
@@ -314,6 +374,10 @@ async fn running<S: Supervised>(
                         let message = "health check critical too many times in a row; stopping";
                         c.report(message);
                         stopped_by = Some(message.to_owned());
+                    }
+                    Alarm::ReconfigureFailed(message) => {
+                        c.report("the reconfigure hook failed; stopping");
+                        stopped_by = Some(message);
                     }
                 }
             }

@@ -109,14 +109,23 @@ pub fn main() -> ExitCode {
 }
 
 fn check(bundle: &std::path::Path, spec: Option<&std::path::Path>, lifecycle_runc: bool) -> i32 {
-    let plan = |b: Bundle| match lifecycle_runc {
+    let plan_of = |b: &Bundle| match lifecycle_runc {
         true => b.runtime_plan(),
         false => b.plan(spec),
     };
-    match Bundle::load(bundle).and_then(plan) {
-        Ok((origin, plan)) => {
+    let planned = Bundle::load(bundle).and_then(|b| {
+        let (origin, plan) = plan_of(&b)?;
+        // Found already, in the plan's validation.
+        let watched = b.watched(&plan).unwrap_or_default();
+        Ok((origin, plan, watched))
+    });
+    match planned {
+        Ok((origin, plan, watched)) => {
             println!("source: {origin}");
             print!("{plan}");
+            for path in watched {
+                println!("  watching {path}");
+            }
             0
         }
         Err(error) => {

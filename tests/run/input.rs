@@ -38,7 +38,7 @@ fn bad_input_is_refused_with_the_field_named_and_nothing_created() {
         ),
         (
             r#"{"postStart": {"exec": {"command": ["x"]}, "httpGet": {"port": 80}}}"#,
-            "postStart: must set exactly one of exec, httpGet, sleep (found exec, httpGet)",
+            "postStart: must set exactly one of exec, httpGet, sleep, signal (found exec, httpGet)",
         ),
         (
             r#"{"preStop": {"httpGet": {"port": 0}}}"#,

@@ -119,11 +119,11 @@ fn each_bad_value_is_named_by_its_path() {
         ),
         (
             r#"{"postStart": {"exec": {"command": ["a"]}, "sleep": {"seconds": 1}}}"#,
-            "postStart: must set exactly one of exec, httpGet, sleep (found exec, sleep)",
+            "postStart: must set exactly one of exec, httpGet, sleep, signal (found exec, sleep)",
         ),
         (
             r#"{"postStart": {}}"#,
-            "postStart: must set exactly one of exec, httpGet, sleep (found none)",
+            "postStart: must set exactly one of exec, httpGet, sleep, signal (found none)",
         ),
         (
             r#"{"preStop": {"tcpSocket": {"port": 80}}}"#,
@@ -407,4 +407,84 @@ fn signals_parse_by_name_or_number() {
     assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
     assert_eq!(parse_signal("SIGFOO"), None);
     assert_eq!(parse_signal("99"), None);
+}
+
+#[test]
+fn reconfigure_takes_paths_a_handler_a_debounce_and_a_failure_policy() {
+    let p = plan(
+        r#"{"reconfigure": {"paths": ["/etc/nginx/conf.d", "/etc/app/app.conf"],
+                            "signal": {"name": "HUP"}, "debounceSeconds": 0, "onFailure": "stop"}}"#,
+    );
+    let r = p.reconfigure.unwrap();
+    assert_eq!(r.paths, ["/etc/nginx/conf.d", "/etc/app/app.conf"]);
+    assert_eq!(r.hook.action, Action::Signal(Signal::SIGHUP));
+    assert_eq!((r.debounce, r.stop_on_failure), (Duration::ZERO, true));
+    let r = plan(r#"{"reconfigure": {"paths": ["/c"], "exec": {"command": ["reload"]}, "timeoutSeconds": 5}}"#)
+        .reconfigure
+        .unwrap();
+    assert_eq!((r.debounce, r.stop_on_failure), (DEFAULT_DEBOUNCE, false));
+    assert_eq!(r.hook.timeout, Some(Duration::from_secs(5)));
+}
+
+#[test]
+fn bad_reconfigure_entries_name_their_field() {
+    let cases = [
+        (
+            r#"{"reconfigure": {"exec": {"command": ["x"]}}}"#,
+            "reconfigure.paths: must name at least one path",
+        ),
+        (
+            r#"{"reconfigure": {"paths": ["etc/x"], "exec": {"command": ["x"]}}}"#,
+            "reconfigure.paths[0]: \"etc/x\" must be an absolute path",
+        ),
+        (
+            r#"{"reconfigure": {"paths": ["/c", "/c/../../etc"], "exec": {"command": ["x"]}}}"#,
+            "reconfigure.paths[1]: \"/c/../../etc\" must be an absolute path without '..'",
+        ),
+        (
+            r#"{"reconfigure": {"paths": ["/c"]}}"#,
+            "reconfigure: must set exactly one of exec, httpGet, signal (found none)",
+        ),
+        (
+            r#"{"reconfigure": {"paths": ["/c"], "exec": {"command": ["x"]}, "debounceSeconds": -1}}"#,
+            "reconfigure.debounceSeconds: must be 0..",
+        ),
+        (
+            r#"{"reconfigure": {"paths": ["/c"], "exec": {"command": ["x"]}, "onFailure": "restart"}}"#,
+            "reconfigure.onFailure: must be \"stop\" or \"report\", not \"restart\"",
+        ),
+        (
+            r#"{"reconfigure": {"paths": ["/c"], "signal": {"name": "SIGNOPE"}}}"#,
+            "reconfigure.signal.name: unknown signal \"SIGNOPE\"",
+        ),
+        (
+            r#"{"reconfigure": {"paths": ["/c"], "signal": {"name": "HUP"}, "timeoutSeconds": 3}}"#,
+            "reconfigure.timeoutSeconds: cannot be combined with signal",
+        ),
+        (
+            r#"{"reconfigure": {"paths": ["/c"], "sleep": {"seconds": 3}}}"#,
+            "reconfigure.sleep: unknown field `sleep`",
+        ),
+    ];
+    for (json, expected) in cases {
+        let errors = errors(json);
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "{json}: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn a_signal_handler_is_refused_where_no_process_can_take_it() {
+    assert_eq!(
+        errors(r#"{"postStart": {"signal": {"name": "HUP"}}}"#),
+        ["postStart.signal: is not supported: the entrypoint races PostStart and may not handle signals yet; use it in preStop or reconfigure"]
+    );
+    assert_eq!(
+        errors(r#"{"postStop": [[{"exec": {"command": ["x"]}}], [{"signal": {"name": "HUP"}}]]}"#),
+        ["postStop.signal: is not supported: the container has exited; use it in preStop or reconfigure"]
+    );
+    let p = plan(r#"{"preStop": [[{"signal": {"name": "SIGUSR1"}}], [{"sleep": {"seconds": 5}}]]}"#);
+    assert_eq!(p.pre_stop[0][0].action, Action::Signal(Signal::SIGUSR1));
 }

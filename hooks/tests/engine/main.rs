@@ -2,6 +2,7 @@
 //! paused clock; and (in `http`) the httpGet handler against local servers.
 
 mod http;
+mod reconfigure;
 mod supervisor;
 
 use std::cell::RefCell;
@@ -38,6 +39,8 @@ struct Fake {
     traps_term: bool,
     /// `once` keys recorded as succeeded.
     once_done: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Changes to watched files: at these seconds, these paths (see `reconfigure`).
+    changes: RefCell<Vec<(u64, Vec<String>)>>,
 }
 
 impl Fake {
@@ -53,6 +56,7 @@ impl Fake {
             exit_changed: tokio::sync::Notify::new(),
             traps_term: false,
             once_done: std::sync::Arc::default(),
+            changes: RefCell::default(),
         }
     }
 

@@ -42,6 +42,20 @@ impl Supervised for Fake {
 
     fn record_health(&self, _result: &HealthResult) {}
 
+    type Changes = crate::reconfigure::FakeChanges;
+
+    /// Watches from now on: changes scripted for earlier are never seen.
+    fn watch(&self, paths: &[String]) -> Result<Self::Changes, FakeError> {
+        self.record(format!("watch {}", paths.join(" ")));
+        let now = self.start.elapsed().as_secs();
+        let mut script = self.changes.borrow().clone();
+        script.retain(|(at, _)| *at > now);
+        Ok(crate::reconfigure::FakeChanges {
+            start: self.start,
+            script: script.into(),
+        })
+    }
+
     fn report(&self, message: &str) {
         let first = message.lines().next().unwrap_or_default();
         self.record(format!("report {first}"));
@@ -50,7 +64,7 @@ impl Supervised for Fake {
 
 /// A container's life under the supervisor: Start at 0, then `script` sends its requests at
 /// the given seconds; the entrypoint exits by itself after `exits_after` seconds, if given.
-async fn life(
+pub(crate) async fn life(
     fake: &Fake,
     json: &str,
     exits_after: Option<u64>,

@@ -106,6 +106,7 @@ fn assert_hook(hook: &Hook) {
     match &hook.action {
         Action::Exec { command } => assert_argv(command),
         Action::Sleep(d) => assert_seconds("sleep", *d, 0),
+        Action::Signal(_) => assert_eq!(hook.timeout, None, "a signal has no timeout"),
         Action::HttpGet(get) => {
             assert!(get.port >= 1);
             assert!(get.path.starts_with('/'), "{get:?}");
@@ -139,6 +140,23 @@ fn assert_invariants(plan: &Plan) {
         .iter()
         .flatten()
         .all(|h| !matches!(h.action, Action::HttpGet(_))));
+    let signals = |stages: &Stages| {
+        stages
+            .iter()
+            .flatten()
+            .any(|h| matches!(h.action, Action::Signal(_)))
+    };
+    assert!(!signals(&plan.post_start) && !signals(&plan.post_stop));
+    if let Some(r) = &plan.reconfigure {
+        assert_hook(&r.hook);
+        assert!(!matches!(r.hook.action, Action::Sleep(_)));
+        assert_seconds("debounce", r.debounce, 0);
+        assert!(!r.paths.is_empty() && r.paths.len() <= 32);
+        for path in &r.paths {
+            assert!(path.starts_with('/') && !path.chars().any(char::is_control));
+            assert!(path.split('/').all(|c| c != ".."), "{path:?}");
+        }
+    }
     if let Some(check) = &plan.health_check {
         assert_hook(&check.hook);
         assert!(!matches!(check.hook.action, Action::Sleep(_)));
@@ -330,6 +348,11 @@ const KEYS: &[&str] = &[
     "periodSeconds",
     "onCritical",
     "criticalThreshold",
+    "reconfigure",
+    "paths",
+    "signal",
+    "debounceSeconds",
+    "onFailure",
 ];
 
 fn any_json() -> impl Strategy<Value = Value> {

@@ -67,8 +67,10 @@ fn http_get() -> impl Strategy<Value = Value> {
 
 #[derive(Debug, Clone, Copy)]
 enum Kinds {
-    /// exec, httpGet or sleep
+    /// exec, httpGet, sleep or signal (preStop)
     Any,
+    /// exec, httpGet or sleep (postStart)
+    NoSignal,
     /// exec or sleep (postStop)
     NoHttp,
 }
@@ -76,6 +78,13 @@ enum Kinds {
 fn handler(kinds: Kinds) -> impl Strategy<Value = Value> {
     let action = match kinds {
         Kinds::Any => prop_oneof![
+            argv().prop_map(|c| json!({"exec": {"command": c}})),
+            http_get().prop_map(|g| json!({"httpGet": g})),
+            seconds(0).prop_map(|s| json!({"sleep": {"seconds": s}})),
+            signal().prop_map(|s| json!({"signal": {"name": s}})),
+        ]
+        .boxed(),
+        Kinds::NoSignal => prop_oneof![
             argv().prop_map(|c| json!({"exec": {"command": c}})),
             http_get().prop_map(|g| json!({"httpGet": g})),
             seconds(0).prop_map(|s| json!({"sleep": {"seconds": s}})),
@@ -94,7 +103,7 @@ fn handler(kinds: Kinds) -> impl Strategy<Value = Value> {
         prop::option::of(seconds(0)),
     )
         .prop_map(|(mut handler, timeout, retries, backoff)| {
-            let is_sleep = handler.get("sleep").is_some();
+            let is_sleep = handler.get("sleep").is_some() || handler.get("signal").is_some();
             let fields = [
                 ("timeoutSeconds", timeout.filter(|_| !is_sleep)),
                 ("retries", retries),
@@ -176,12 +185,46 @@ fn health_check() -> impl Strategy<Value = Value> {
         })
 }
 
+fn signal() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec!["SIGHUP", "HUP", "sigusr1", "10", "SIGWINCH"])
+}
+
+fn reconfigure() -> impl Strategy<Value = Value> {
+    (
+        prop_oneof![
+            argv().prop_map(|c| json!({"exec": {"command": c}})),
+            http_get().prop_map(|g| json!({"httpGet": g})),
+            signal().prop_map(|s| json!({"signal": {"name": s}})),
+        ],
+        prop::collection::vec("/[a-z0-9._/-]{0,16}", 1..4),
+        prop::option::of(seconds(0)),
+        prop::option::of(prop::sample::select(vec!["stop", "report"])),
+    )
+        .prop_map(|(mut r, paths, debounce, on_failure)| {
+            // `..` never leaves a volume.
+            let paths: Vec<String> = paths
+                .into_iter()
+                .map(|p| p.split('/').filter(|c| *c != "..").collect::<Vec<_>>().join("/"))
+                .map(|p| if p.starts_with('/') { p } else { format!("/{p}") })
+                .collect();
+            r["paths"] = json!(paths);
+            if let Some(debounce) = debounce {
+                r["debounceSeconds"] = debounce.into();
+            }
+            if let Some(on_failure) = on_failure {
+                r["onFailure"] = on_failure.into();
+            }
+            r
+        })
+}
+
 fn valid_spec() -> impl Strategy<Value = Value> {
     (
-        prop::option::of(phase(Kinds::Any)),
+        prop::option::of(phase(Kinds::NoSignal)),
         prop::option::of(phase(Kinds::Any)),
         prop::option::of(phase(Kinds::NoHttp)),
         prop::option::of(health_check()),
+        prop::option::of(reconfigure()),
         prop::option::of(prop::sample::select(vec![
             "SIGTERM", "TERM", "sigquit", "9", "SIGUSR1",
         ])),
@@ -190,13 +233,14 @@ fn valid_spec() -> impl Strategy<Value = Value> {
         (0..3usize).prop_flat_map(|n| (0..n).map(init_container).collect::<Vec<_>>()),
     )
         .prop_map(
-            |(post_start, pre_stop, post_stop, health, signal, grace, delay, inits)| {
+            |(post_start, pre_stop, post_stop, health, reconfigure, signal, grace, delay, inits)| {
                 let mut spec = Map::new();
                 let fields = [
                     ("postStart", post_start),
                     ("preStop", pre_stop),
                     ("postStop", post_stop),
                     ("healthCheck", health),
+                    ("reconfigure", reconfigure),
                     ("stopSignal", signal.map(Value::from)),
                     ("terminationGracePeriodSeconds", grace.map(Value::from)),
                     ("shutdownDelaySeconds", delay.map(Value::from)),

@@ -69,6 +69,11 @@ pub enum BundleError {
         name: String,
         path: String,
     },
+    #[error("{origin}: reconfigure.paths: {source}")]
+    Reconfigure {
+        origin: SpecOrigin,
+        source: std::io::Error,
+    },
     #[error("{path:?}: process.terminal is true, but `run` passes its own stdio through; set it to false")]
     Terminal { path: PathBuf },
 }
@@ -247,7 +252,20 @@ impl Bundle {
                 }
             }
         }
+        self.watched(&plan)
+            .map_err(|source| BundleError::Reconfigure {
+                origin: origin.clone(),
+                source,
+            })?;
         Ok((origin, plan))
+    }
+
+    /// The reconfigure entry's paths, found on the host through the bind mounts.
+    pub fn watched(&self, plan: &Plan) -> std::io::Result<Vec<crate::lifecycle::watch::WatchedPath>> {
+        let paths = plan.reconfigure.iter().flat_map(|r| &r.paths);
+        paths
+            .map(|path| crate::lifecycle::watch::resolve(&self.binds, path))
+            .collect()
     }
 
     /// The container's name in its pod: from containerd's CRI annotation, CRI-O's metadata, or

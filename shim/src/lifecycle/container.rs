@@ -26,6 +26,8 @@ pub enum ContainerError {
     Sidecar(#[from] crate::lifecycle::sidecar::SidecarError),
     #[error(transparent)]
     Once(io::Error),
+    #[error(transparent)]
+    Watch(io::Error),
 }
 
 /// Where the container's signals are sent, which depends on how it was started.

@@ -12,6 +12,7 @@ pub mod sidecar;
 pub mod status;
 pub mod stream;
 pub mod termination;
+pub mod watch;
 
 use std::io;
 use std::net::SocketAddr;
@@ -192,6 +193,18 @@ impl Supervised for RuncLife<'_> {
 
     fn record_health(&self, result: &HealthResult) {
         self.health.record(result);
+    }
+
+    type Changes = watch::Watcher;
+
+    /// Found on the host again: the volume may have changed since the plan was checked.
+    fn watch(&self, paths: &[String]) -> Result<watch::Watcher, ContainerError> {
+        let found = paths
+            .iter()
+            .map(|path| watch::resolve(self.binds, path))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(ContainerError::Watch)?;
+        watch::Watcher::new(found).map_err(ContainerError::Watch)
     }
 
     fn report(&self, message: &str) {

@@ -24,28 +24,32 @@ pub type Bind = (PathBuf, PathBuf);
 /// Where `path` (inside the container) is on the host: the source of the bind mount that
 /// holds it, and the path below that source.
 pub fn host_path(binds: &[Bind], path: &str) -> Option<(PathBuf, PathBuf)> {
+    // The mount point itself is the volume, not a file in it.
+    volume_path(binds, path).filter(|(_, rest)| !rest.as_os_str().is_empty())
+}
+
+/// [`host_path`], the mount point itself included (its path below the source is empty).
+pub fn volume_path(binds: &[Bind], path: &str) -> Option<(PathBuf, PathBuf)> {
     let path = Path::new(path);
     binds
         .iter()
         .filter_map(|(inside, host)| {
             let rest = path.strip_prefix(inside).ok()?;
-            // The mount point itself is the volume, not a file in it.
-            (!rest.as_os_str().is_empty()).then(|| (inside, (host.clone(), rest.to_owned())))
+            Some((inside, (host.clone(), rest.to_owned())))
         })
         .max_by_key(|(inside, _)| inside.components().count())
         .map(|(_, found)| found)
 }
 
-/// The directory holding the sentinel, opened without following any symlink below the
-/// volume's source, and the sentinel's name in it.
-fn sentinel_dir(source: &Path, rest: &Path) -> io::Result<(OwnedFd, String)> {
+/// The names of `rest`'s components, refusing any that could leave the volume.
+pub fn names(rest: &Path) -> io::Result<Vec<&str>> {
     let refuse = |why: &str| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{}: {why}", rest.display()),
         )
     };
-    let mut names: Vec<&str> = Vec::new();
+    let mut names = Vec::new();
     for component in rest.components() {
         match component {
             Component::Normal(name) => {
@@ -55,13 +59,37 @@ fn sentinel_dir(source: &Path, rest: &Path) -> io::Result<(OwnedFd, String)> {
             _ => return Err(refuse("must not leave the volume")),
         }
     }
-    let name = names.pop().ok_or_else(|| refuse("names no file"))?;
+    Ok(names)
+}
+
+/// Opens the directory `names` below `source`, one component at a time, following no
+/// symlink.
+pub fn open_below(source: &Path, names: &[&str]) -> io::Result<OwnedFd> {
     let directory = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
     let mut dir: OwnedFd = File::open(source)?.into();
     for step in names {
-        dir = openat(&dir, step, directory, Mode::empty())
-            .map_err(|errno| refuse(&format!("{step}: {errno} (symlinks are not followed)")))?;
+        dir = openat(&dir, *step, directory, Mode::empty()).map_err(|errno| {
+            io::Error::new(
+                io::Error::from(errno).kind(),
+                format!("{step}: {errno} (symlinks are not followed)"),
+            )
+        })?;
     }
+    Ok(dir)
+}
+
+/// The directory holding the sentinel, opened without following any symlink below the
+/// volume's source, and the sentinel's name in it.
+fn sentinel_dir(source: &Path, rest: &Path) -> io::Result<(OwnedFd, String)> {
+    let mut names = names(rest)?;
+    let name = names.pop().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: names no file", rest.display()),
+        )
+    })?;
+    let dir = open_below(source, &names)
+        .map_err(|error| io::Error::new(error.kind(), format!("{}: {error}", rest.display())))?;
     Ok((dir, name.to_owned()))
 }
 
