@@ -87,7 +87,9 @@ pub struct Hook {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Exec { command: Vec<String> },
+    Exec {
+        command: Vec<String>,
+    },
     HttpGet(HttpGet),
     Sleep(Duration),
     /// Sent to the container's init process.
@@ -334,7 +336,10 @@ impl Validator {
         let path = "reconfigure";
         let errors_before = self.errors.len();
         if r.paths.is_empty() {
-            self.fail::<()>(&format!("{path}.paths"), "must name at least one path to watch");
+            self.fail::<()>(
+                &format!("{path}.paths"),
+                "must name at least one path to watch",
+            );
         } else if r.paths.len() > MAX_WATCHED_PATHS {
             self.fail::<()>(
                 &format!("{path}.paths"),

@@ -66,7 +66,13 @@ pub async fn watch_reconfigure<C: Container>(
         }
         // One run at a time: changes meanwhile are kept for the next.
         let changed = std::mem::take(&mut pending).summary();
-        let mut run = pin!(run_hook_for(c, Phase::Reconfigure, &r.hook, None, Some(changed)));
+        let mut run = pin!(run_hook_for(
+            c,
+            Phase::Reconfigure,
+            &r.hook,
+            None,
+            Some(changed)
+        ));
         let report = loop {
             tokio::select! {
                 report = &mut run => break report,

@@ -296,6 +296,7 @@ async fn reconfigure<S: Supervised>(
             Some(message)
         }
         Ok(mut changes) => {
+            tracing::info!(container = c.id(), paths = ?r.paths, "watching for configuration changes");
             let observe = |report: &HookReport| {
                 if report.failed() {
                     c.report(&format!("{}: {report}", report.reason()));

@@ -1,12 +1,15 @@
 //! `lifecycle-shim run` against real runc and busybox bundles: hooks, init containers, the stop
 //! sequence, bad input, and that nothing is left behind.
 
+#[path = "../support/configmap.rs"]
+mod configmap;
 #[path = "../support/mod.rs"]
 mod support;
 
 mod beyond;
 mod hardening;
 mod input;
+mod reconfigure;
 
 use std::time::Duration;
 

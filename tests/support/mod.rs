@@ -306,6 +306,11 @@ pub struct Shim {
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
 impl Shim {
+    /// What the shim wrote to stderr so far (its log, under `run`).
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }

@@ -485,6 +485,7 @@ fn a_signal_handler_is_refused_where_no_process_can_take_it() {
         errors(r#"{"postStop": [[{"exec": {"command": ["x"]}}], [{"signal": {"name": "HUP"}}]]}"#),
         ["postStop.signal: is not supported: the container has exited; use it in preStop or reconfigure"]
     );
-    let p = plan(r#"{"preStop": [[{"signal": {"name": "SIGUSR1"}}], [{"sleep": {"seconds": 5}}]]}"#);
+    let p =
+        plan(r#"{"preStop": [[{"signal": {"name": "SIGUSR1"}}], [{"sleep": {"seconds": 5}}]]}"#);
     assert_eq!(p.pre_stop[0][0].action, Action::Signal(Signal::SIGUSR1));
 }

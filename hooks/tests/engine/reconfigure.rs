@@ -51,9 +51,15 @@ async fn a_burst_of_changes_runs_the_handler_once_after_the_debounce() {
     let fake = Fake::new();
     changes(
         &fake,
-        &[(10, &["/c/a"]), (11, &["/c/b"]), (12, &["/c/a"]), (20, &["/c/c"])],
+        &[
+            (10, &["/c/a"]),
+            (11, &["/c/b"]),
+            (12, &["/c/a"]),
+            (20, &["/c/c"]),
+        ],
     );
-    let json = r#"{"reconfigure": {"paths": ["/c"], "exec": {"command": ["ok"]}, "debounceSeconds": 2}}"#;
+    let json =
+        r#"{"reconfigure": {"paths": ["/c"], "exec": {"command": ["ok"]}, "debounceSeconds": 2}}"#;
     life(&fake, json, Some(30), vec![]).await;
     assert_eq!(
         fake.events(),
@@ -74,7 +80,12 @@ async fn changes_during_a_run_make_one_more_run_after_it_never_two_at_once() {
     let fake = Fake::new();
     changes(
         &fake,
-        &[(10, &["/c/a"]), (12, &["/c/b"]), (13, &["/c/c"]), (14, &["/c/d"])],
+        &[
+            (10, &["/c/a"]),
+            (12, &["/c/b"]),
+            (13, &["/c/c"]),
+            (14, &["/c/d"]),
+        ],
     );
     let json = r#"{"reconfigure": {"paths": ["/c"], "exec": {"command": ["take", "5"]}, "debounceSeconds": 1}}"#;
     life(&fake, json, Some(30), vec![]).await;
@@ -141,7 +152,9 @@ async fn no_change_no_run_and_a_stop_ends_the_watch() {
     )
     .await;
     assert_eq!(reconfigure_events(&fake), ev(&[(0, "watch /c")]));
-    assert!(fake.events().contains(&(10, "exec preStop take 5".to_owned())));
+    assert!(fake
+        .events()
+        .contains(&(10, "exec preStop take 5".to_owned())));
 }
 
 #[tokio::test(start_paused = true)]

@@ -204,8 +204,19 @@ fn reconfigure() -> impl Strategy<Value = Value> {
             // `..` never leaves a volume.
             let paths: Vec<String> = paths
                 .into_iter()
-                .map(|p| p.split('/').filter(|c| *c != "..").collect::<Vec<_>>().join("/"))
-                .map(|p| if p.starts_with('/') { p } else { format!("/{p}") })
+                .map(|p| {
+                    p.split('/')
+                        .filter(|c| *c != "..")
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .map(|p| {
+                    if p.starts_with('/') {
+                        p
+                    } else {
+                        format!("/{p}")
+                    }
+                })
                 .collect();
             r["paths"] = json!(paths);
             if let Some(debounce) = debounce {
@@ -233,7 +244,17 @@ fn valid_spec() -> impl Strategy<Value = Value> {
         (0..3usize).prop_flat_map(|n| (0..n).map(init_container).collect::<Vec<_>>()),
     )
         .prop_map(
-            |(post_start, pre_stop, post_stop, health, reconfigure, signal, grace, delay, inits)| {
+            |(
+                post_start,
+                pre_stop,
+                post_stop,
+                health,
+                reconfigure,
+                signal,
+                grace,
+                delay,
+                inits,
+            )| {
                 let mut spec = Map::new();
                 let fields = [
                     ("postStart", post_start),

@@ -261,7 +261,10 @@ impl Bundle {
     }
 
     /// The reconfigure entry's paths, found on the host through the bind mounts.
-    pub fn watched(&self, plan: &Plan) -> std::io::Result<Vec<crate::lifecycle::watch::WatchedPath>> {
+    pub fn watched(
+        &self,
+        plan: &Plan,
+    ) -> std::io::Result<Vec<crate::lifecycle::watch::WatchedPath>> {
         let paths = plan.reconfigure.iter().flat_map(|r| &r.paths);
         paths
             .map(|path| crate::lifecycle::watch::resolve(&self.binds, path))

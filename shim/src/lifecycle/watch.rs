@@ -59,7 +59,7 @@ impl fmt::Display for WatchedPath {
             None => write!(f, "{}: the directory {}", self.path, self.host.display()),
             Some(name) => write!(
                 f,
-                "{}: {name} in {} (and its {ATOMIC_DATA_LINK} swap)",
+                "{}: {name} in {} (and a kubelet's {ATOMIC_DATA_LINK} swap)",
                 self.path,
                 self.host.display()
             ),
@@ -69,12 +69,17 @@ impl fmt::Display for WatchedPath {
 
 /// Finds `path` on the host: in a bind-mounted volume, reached without following a symlink.
 pub fn resolve(binds: &[Bind], path: &str) -> io::Result<WatchedPath> {
-    let refuse = |why: String| io::Error::new(io::ErrorKind::InvalidInput, format!("{path}: {why}"));
+    let refuse =
+        |why: String| io::Error::new(io::ErrorKind::InvalidInput, format!("{path}: {why}"));
     let (source, rest) = volume_path(binds, path)
         .ok_or_else(|| refuse("is in no bind-mounted volume of the bundle".to_owned()))?;
     let mut names = names(&rest).map_err(|error| refuse(error.to_string()))?;
-    let host = source.join(&rest);
-    let in_volume = |error: io::Error| refuse(format!("{error} (in the volume {})", source.display()));
+    let host = match rest.as_os_str().is_empty() {
+        true => source.clone(),
+        false => source.join(&rest),
+    };
+    let in_volume =
+        |error: io::Error| refuse(format!("{error} (in the volume {})", source.display()));
     let Some(last) = names.pop() else {
         // The mount point: the whole volume.
         let dir = open_below(&source, &[]).map_err(in_volume)?;
