@@ -2,6 +2,8 @@
 //! containerd the harness starts. The first tests check the harness itself with containerd's
 //! stock runc shim.
 
+#[path = "../support/configmap.rs"]
+mod configmap;
 #[path = "../support/containerd.rs"]
 mod containerd;
 #[path = "../support/image.rs"]
@@ -15,6 +17,7 @@ mod api;
 mod grouping;
 mod hardening;
 mod lifecycle;
+mod reconfigure;
 mod runcv2;
 mod start;
 
