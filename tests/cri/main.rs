@@ -4,6 +4,8 @@
 //! runs under the stock `runc` handler, where a hook's effect must be absent: the assertions
 //! can fail.
 
+#[path = "../support/configmap.rs"]
+mod configmap;
 #[path = "../support/containerd.rs"]
 mod containerd;
 #[path = "../support/cri.rs"]
@@ -26,6 +28,7 @@ use support::sidecars::{AWAIT_LOGGER, LOGGER_SIDECAR};
 use support::{make_busybox_rootfs, prerequisites, read_lines, wait_until, write_executable};
 
 mod grouping;
+mod reconfigure;
 mod restarts;
 mod runcv2;
 mod termination;
