@@ -458,6 +458,35 @@ fn kube_play_gives_each_container_its_own_spec() {
     podman.ok(&["pod", "rm", "hooked"]);
 }
 
+/// A reconfigure entry under the engine: a volume laid out as a ConfigMap, updated
+/// atomically, runs the handler once, with the new content.
+fn reconfigure_runs_on_an_atomic_update<E: Engine>(engine: &E) {
+    let markers = engine.host_dir("markers");
+    let mut volume = crate::configmap::ConfigMapDir::new(&[("app.conf", "v1")]);
+    let spec = json!({"reconfigure": {"paths": ["/etc/config"], "exec": {"command": ["sh", "-c",
+        "cat /etc/config/app.conf >> /markers/runs; echo >> /markers/runs"]}}});
+    let mut flags = spec_flags(engine, &spec, &markers);
+    flags.push("-v".to_owned());
+    flags.push(format!("{}:/etc/config:ro", volume.path().display()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let script =
+        "trap 'exit 0' TERM; echo up > /markers/up; while :; do sleep 1000 & wait $!; done";
+    let id = engine.run_detached(&flags, script);
+    wait_for_line(&markers.join("up"), Some("up"));
+    let log = supervisor_state(engine, &id).join("supervisor.log");
+    wait_until("the supervisor watches for changes", || {
+        fs::read_to_string(&log).is_ok_and(|l| l.contains("watching for configuration changes"))
+    });
+    volume.update(&[("app.conf", "v2")]);
+    wait_for_line(&markers.join("runs"), Some("v2"));
+    assert_eq!(read_lines(&markers.join("runs")), ["v2"]);
+    engine.ok(&["stop", "-t", "30", &id]);
+    assert_eq!(exit_code(engine, &id), "0");
+    engine.ok(&["rm", &id]);
+    assert_nothing_left(engine, &id);
+}
+with_lifecycle_runc!(reconfigure, reconfigure_runs_on_an_atomic_update);
+
 fn exit_code<E: Engine>(engine: &E, id: &str) -> String {
     engine
         .ok(&["inspect", "--format", "{{.State.ExitCode}}", id])

@@ -4,6 +4,8 @@
 //! engines; these tests prove the harnesses and the scenarios with plain runc as the runtime,
 //! and record the runc calls each engine makes.
 
+#[path = "../support/configmap.rs"]
+mod configmap;
 #[path = "../support/docker.rs"]
 mod docker;
 #[path = "../support/host.rs"]
