@@ -421,7 +421,7 @@ impl Validator {
     fn phase(&mut self, path: &str, phase: spec::PhaseSpec) -> Stages {
         match phase {
             spec::PhaseSpec::One(handler) => self
-                .hook(path, handler, PHASE_HANDLERS)
+                .hook(path, *handler, PHASE_HANDLERS)
                 .map(|h| vec![vec![h]])
                 .unwrap_or_default(),
             spec::PhaseSpec::Stages(stages) => {

@@ -27,7 +27,7 @@ pub struct Spec {
 /// of handlers (stages in order, a stage's handlers concurrently).
 #[derive(Debug)]
 pub enum PhaseSpec {
-    One(Handler),
+    One(Box<Handler>),
     Stages(Vec<Vec<Handler>>),
 }
 
@@ -47,7 +47,7 @@ impl<'de> Deserialize<'de> for PhaseSpec {
                 map: A,
             ) -> Result<PhaseSpec, A::Error> {
                 Handler::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(PhaseSpec::One)
+                    .map(|handler| PhaseSpec::One(Box::new(handler)))
             }
 
             fn visit_seq<A: serde::de::SeqAccess<'de>>(

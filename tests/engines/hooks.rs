@@ -459,7 +459,7 @@ fn kube_play_gives_each_container_its_own_spec() {
 }
 
 /// A reconfigure entry under the engine: a volume laid out as a ConfigMap, updated
-/// atomically, runs the handler once, with the new content.
+/// atomically, runs the handler with the new content.
 fn reconfigure_runs_on_an_atomic_update<E: Engine>(engine: &E) {
     let markers = engine.host_dir("markers");
     let mut volume = crate::configmap::ConfigMapDir::new(&[("app.conf", "v1")]);

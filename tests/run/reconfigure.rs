@@ -160,6 +160,30 @@ fn a_signal_handler_s_sighup_reaches_the_entrypoint_s_trap() {
 }
 
 #[test]
+fn a_failed_run_is_reported_with_its_output_and_on_failure_stop_stops_the_container() {
+    if !prerequisites() {
+        return;
+    }
+    let mut volume = ConfigMapDir::new(&[("app.conf", "v1")]);
+    let bundle = bundle_with(
+        volume.path(),
+        json!({"paths": ["/etc/config"], "onFailure": "stop", "debounceSeconds": 0,
+               "exec": {"command": ["sh", "-c", "echo bad config $(cat /etc/config/app.conf); exit 3"]}}),
+    );
+    let shim = start_watching(&bundle);
+    volume.update(&[("app.conf", "v2")]);
+    // The stop sequence, as for a stop request: the entrypoint's TERM trap.
+    let done = shim.wait();
+    assert_eq!(bundle.lines("order"), ["term"]);
+    done.assert_code(0);
+    done.assert_stderr_has("[reconfigure] bad config v2");
+    done.assert_stderr_has("FailedReconfigureHook: reconfigure exec (changed: /etc/config/");
+    done.assert_stderr_has("failed: exited with exit code 3");
+    done.assert_stderr_has("the reconfigure hook failed; stopping");
+    bundle.assert_clean();
+}
+
+#[test]
 fn a_watch_path_outside_any_volume_or_through_a_planted_symlink_is_refused_before_anything_runs() {
     if !prerequisites() {
         return;
