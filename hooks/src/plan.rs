@@ -180,13 +180,29 @@ impl Plan {
         let post_stop = spec
             .post_stop
             .map_or_else(Vec::new, |p| v.phase("postStop", p));
-        v.refuse_http_in("postStop", &post_stop);
-        v.refuse_signal_in(
+        // After the entrypoint exits its network namespace is gone, and no process is left to
+        // signal; before PostStart ends, the entrypoint may not handle signals yet.
+        let signal_elsewhere = "; use it in preStop or reconfigure";
+        v.refuse_in(
+            "postStop",
+            &post_stop,
+            "httpGet",
+            "the container's network is gone once it has exited; use exec",
+        );
+        v.refuse_in(
             "postStart",
             &post_start,
-            "the entrypoint races PostStart and may not handle signals yet",
+            "signal",
+            &format!(
+                "the entrypoint races PostStart and may not handle signals yet{signal_elsewhere}"
+            ),
         );
-        v.refuse_signal_in("postStop", &post_stop, "the container has exited");
+        v.refuse_in(
+            "postStop",
+            &post_stop,
+            "signal",
+            &format!("the container has exited{signal_elsewhere}"),
+        );
         let health_check = spec.health_check.and_then(|h| v.health_check(h));
         let reconfigure = spec.reconfigure.and_then(|r| v.reconfigure(r));
         let shutdown_delay = match spec.shutdown_delay_seconds {
@@ -390,30 +406,12 @@ impl Validator {
         })
     }
 
-    /// Where a signal would reach no process that can handle it.
-    fn refuse_signal_in(&mut self, path: &str, stages: &Stages, why: &str) {
-        if stages
-            .iter()
-            .flatten()
-            .any(|h| matches!(h.action, Action::Signal(_)))
-        {
+    /// Refuses `kind` handlers (as the spec names them) in a phase, saying why.
+    fn refuse_in(&mut self, path: &str, stages: &Stages, kind: &str, why: &str) {
+        if stages.iter().flatten().any(|h| h.action.name() == kind) {
             self.fail::<()>(
-                &format!("{path}.signal"),
-                format!("is not supported: {why}; use it in preStop or reconfigure"),
-            );
-        }
-    }
-
-    /// After the entrypoint exits its network namespace is gone: there is nothing to connect to.
-    fn refuse_http_in(&mut self, path: &str, stages: &Stages) {
-        if stages
-            .iter()
-            .flatten()
-            .any(|h| matches!(h.action, Action::HttpGet(_)))
-        {
-            self.fail::<()>(
-                &format!("{path}.httpGet"),
-                "is not supported: the container's network is gone once it has exited; use exec",
+                &format!("{path}.{kind}"),
+                format!("is not supported: {why}"),
             );
         }
     }
