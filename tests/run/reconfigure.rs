@@ -1,6 +1,6 @@
 //! Reconfigure hooks under `run`: a bind-mounted directory laid out and updated as the
-//! kubelet's atomic writer does, in-place writes, unwatched files, a signal handler, and watch
-//! paths refused before anything runs.
+//! kubelet's atomic writer does, in-place writes, unwatched files, signal and httpGet
+//! handlers, and watch paths refused before anything runs; and a signal handler in preStop.
 //!
 //! That a change did *not* run the handler can only be seen after a while: those tests wait
 //! twice the debounce period, then make a change that does run it, and look at every run.
@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::configmap::ConfigMapDir;
 use crate::support::{self, prerequisites, wait_for_line, wait_until, TestBundle};
-use crate::WAIT_FOR_TERM;
+use crate::{cgi, http_server_init, WAIT_FOR_TERM};
 
 /// Appends the watched file's content to /markers/runs: one line per run.
 const RECORD_RUN: &str = "cat /etc/config/app.conf >> /markers/runs; echo >> /markers/runs";
@@ -157,6 +157,45 @@ fn a_signal_handler_s_sighup_reaches_the_entrypoint_s_trap() {
     wait_for_line(&bundle.marker("hups"), Some("hup"));
     assert_eq!(bundle.lines("hups"), ["hup"], "one update, one signal");
     stop(&bundle, shim);
+}
+
+#[test]
+fn an_http_get_handler_is_called_from_inside_the_container() {
+    if !prerequisites() {
+        return;
+    }
+    let mut volume = ConfigMapDir::new(&[("app.conf", "v1")]);
+    let mut bundle = TestBundle::new(WAIT_FOR_TERM);
+    bundle.config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/etc/config", "type": "bind", "source": volume.path(), "options": ["rbind", "ro"]
+    }));
+    bundle.save();
+    cgi(&bundle, "reload", "reloaded", "200 OK");
+    let bundle = bundle.with_spec(json!({"initContainers": [http_server_init()],
+        "reconfigure": {"paths": ["/etc/config"], "httpGet": {"port": 8080, "path": "/cgi-bin/reload",
+            "httpHeaders": [{"name": "X-Reason", "value": "config"}]}}}));
+    let shim = start_watching(&bundle);
+    volume.update(&[("app.conf", "v2")]);
+    wait_for_line(&bundle.marker("order"), Some("reloaded config"));
+    stop(&bundle, shim);
+    assert_eq!(bundle.lines("order"), ["reloaded config", "term"]);
+}
+
+#[test]
+fn a_prestop_signal_stage_reaches_the_entrypoint_before_the_stop_signal() {
+    if !prerequisites() {
+        return;
+    }
+    let bundle = TestBundle::new(
+        "trap 'echo usr1 >> /markers/order' USR1; trap 'echo term >> /markers/order; exit 0' TERM; \
+         echo up > /markers/up; while :; do sleep 1000 & wait $!; done",
+    )
+    .with_spec(json!({"preStop": [[{"signal": {"name": "SIGUSR1"}}],
+        [{"exec": {"command": ["sh", "-c", "until grep -q usr1 /markers/order; do sleep 0.05; done"]}}]]}));
+    let shim = bundle.spawn(&[]);
+    wait_for_line(&bundle.marker("up"), Some("up"));
+    stop(&bundle, shim);
+    assert_eq!(bundle.lines("order"), ["usr1", "term"]);
 }
 
 #[test]
