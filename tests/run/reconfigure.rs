@@ -19,15 +19,20 @@ use crate::{cgi, http_server_init, WAIT_FOR_TERM};
 /// Appends the watched file's content to /markers/runs: one line per run.
 const RECORD_RUN: &str = "cat /etc/config/app.conf >> /markers/runs; echo >> /markers/runs";
 
-/// A bundle running [`WAIT_FOR_TERM`] with `volume` bind-mounted (read-only, as the kubelet
-/// mounts a ConfigMap) at /etc/config and `reconfigure` as its spec's entry.
-fn bundle_with(volume: &std::path::Path, reconfigure: serde_json::Value) -> TestBundle {
-    let mut bundle = TestBundle::new(WAIT_FOR_TERM);
+/// A bundle running `script` with `volume` bind-mounted read-only (as the kubelet mounts a
+/// ConfigMap) at `at`.
+fn mounted(script: &str, volume: &std::path::Path, at: &str) -> TestBundle {
+    let mut bundle = TestBundle::new(script);
     bundle.config["mounts"].as_array_mut().unwrap().push(json!({
-        "destination": "/etc/config", "type": "bind", "source": volume, "options": ["rbind", "ro"]
+        "destination": at, "type": "bind", "source": volume, "options": ["rbind", "ro"]
     }));
     bundle.save();
-    bundle.with_spec(json!({"reconfigure": reconfigure}))
+    bundle
+}
+
+/// [`WAIT_FOR_TERM`] with `volume` at /etc/config and `reconfigure` as its spec's entry.
+fn bundle_with(volume: &std::path::Path, reconfigure: serde_json::Value) -> TestBundle {
+    mounted(WAIT_FOR_TERM, volume, "/etc/config").with_spec(json!({"reconfigure": reconfigure}))
 }
 
 /// Starts the shim and waits until its container is up and the watch began.
@@ -142,13 +147,11 @@ fn a_signal_handler_s_sighup_reaches_the_entrypoint_s_trap() {
         return;
     }
     let mut volume = ConfigMapDir::new(&[("nginx.conf", "v1")]);
-    let mut bundle = TestBundle::new(
+    let bundle = mounted(
         "trap 'echo hup >> /markers/hups' HUP; trap 'exit 0' TERM; echo up > /markers/up; while :; do sleep 1000 & wait $!; done",
+        volume.path(),
+        "/etc/nginx",
     );
-    bundle.config["mounts"].as_array_mut().unwrap().push(json!({
-        "destination": "/etc/nginx", "type": "bind", "source": volume.path(), "options": ["rbind", "ro"]
-    }));
-    bundle.save();
     let bundle = bundle.with_spec(json!({"reconfigure": {
         "paths": ["/etc/nginx"], "signal": {"name": "SIGHUP"}, "debounceSeconds": 0}}));
     let shim = start_watching(&bundle);
@@ -165,11 +168,7 @@ fn an_http_get_handler_is_called_from_inside_the_container() {
         return;
     }
     let mut volume = ConfigMapDir::new(&[("app.conf", "v1")]);
-    let mut bundle = TestBundle::new(WAIT_FOR_TERM);
-    bundle.config["mounts"].as_array_mut().unwrap().push(json!({
-        "destination": "/etc/config", "type": "bind", "source": volume.path(), "options": ["rbind", "ro"]
-    }));
-    bundle.save();
+    let bundle = mounted(WAIT_FOR_TERM, volume.path(), "/etc/config");
     cgi(&bundle, "reload", "reloaded", "200 OK");
     let bundle = bundle.with_spec(json!({"initContainers": [http_server_init()],
         "reconfigure": {"paths": ["/etc/config"], "httpGet": {"port": 8080, "path": "/cgi-bin/reload",
