@@ -153,7 +153,7 @@ fn a_signal_handler_s_sighup_reaches_the_entrypoint_s_trap() {
         "/etc/nginx",
     );
     let bundle = bundle.with_spec(json!({"reconfigure": {
-        "paths": ["/etc/nginx"], "signal": {"name": "SIGHUP"}, "debounceSeconds": 0}}));
+        "paths": ["/etc/nginx"], "signal": {"name": "SIGHUP"}}}));
     let shim = start_watching(&bundle);
     assert!(bundle.lines("hups").is_empty());
     volume.update(&[("nginx.conf", "v2")]);
