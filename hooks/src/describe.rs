@@ -53,6 +53,19 @@ impl fmt::Display for Plan {
                 "no timeout",
             )?;
         }
+        if let Some(check) = &self.health_check {
+            write!(
+                f,
+                "healthCheck: every {}, the first at a random point within it; ",
+                Seconds(check.period)
+            )?;
+            match check.kill_after {
+                Some(n) => writeln!(f, "{n} critical results in a row stop the container")?,
+                None => writeln!(f, "results are recorded, never acted on")?,
+            }
+            write!(f, "  runs ")?;
+            write_hook(f, &check.hook, "no timeout")?;
+        }
         if let Some(r) = &self.reconfigure {
             let on_failure = if r.stop_on_failure {
                 "a failure stops the container"
@@ -220,6 +233,21 @@ postStart: exec [\"touch\", \"/ready\"], timeout 5.0s
 preStop: httpGet https (certificate not verified) 127.0.0.1:8443/drain from inside the container, X-Why: stop, bounded by the grace period
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn describes_the_health_check() {
+        let plan = Plan::from_json(
+            r#"{"healthCheck": {"exec": {"command": ["check"]}, "periodSeconds": 10, "timeoutSeconds": 3,
+                                "onCritical": "kill", "criticalThreshold": 2}}"#,
+            &Defaults::default(),
+        )
+        .unwrap();
+        let text = plan.to_string();
+        let expected = "healthCheck: every 10.0s, the first at a random point within it; 2 critical results in a row stop the container
+  runs exec [\"check\"], timeout 3.0s
+";
+        assert!(text.ends_with(expected), "{text}");
     }
 
     #[test]

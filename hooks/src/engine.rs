@@ -211,6 +211,7 @@ pub async fn run_hook_for<C: Container>(
     let mut cancelled = Cancelled {
         phase,
         handler: hook.action.name(),
+        changed,
         start,
         armed: true,
     };
@@ -260,6 +261,7 @@ pub async fn run_hook_for<C: Container>(
         }
     };
     cancelled.armed = false;
+    let changed = cancelled.changed.take();
     finish(c, HookReport { changed, ..report }, start)
 }
 
@@ -268,6 +270,7 @@ pub async fn run_hook_for<C: Container>(
 struct Cancelled {
     phase: Phase,
     handler: &'static str,
+    changed: Option<String>,
     start: Instant,
     armed: bool,
 }
@@ -278,6 +281,7 @@ impl Drop for Cancelled {
             let duration_ms = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
             tracing::info!(
                 phase = self.phase.as_str(),
+                changed = self.changed.as_deref(),
                 handler = self.handler,
                 duration_ms,
                 outcome = "cancelled",
