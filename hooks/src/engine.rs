@@ -58,6 +58,11 @@ impl HookReport {
         !matches!(self.result, Ok(()) | Err(HookFailure::ContainerExited))
     }
 
+    /// The failure as the user is told of it: its reason, then the report.
+    pub fn message(&self) -> String {
+        format!("{}: {self}", self.reason())
+    }
+
     /// The Kubernetes event reason for this failure, e.g. `FailedPostStartHook`.
     pub fn reason(&self) -> &'static str {
         match self.phase {

@@ -34,38 +34,28 @@ pub async fn watch_reconfigure<C: Container>(
     changes: &mut impl Changes,
     mut observe: impl FnMut(&HookReport),
 ) -> Option<HookReport> {
-    let mut pending = Pending::default();
-    let mut last_change = Instant::now();
-    let mut open = true;
+    let mut burst = Burst {
+        pending: Pending::default(),
+        last_change: Instant::now(),
+        open: true,
+    };
     loop {
         // Wait for a change, then for the burst to end: `debounce` without another.
-        while open && pending.is_empty() {
-            match changes.next().await {
-                Some(paths) => {
-                    pending.add(paths);
-                    last_change = Instant::now();
-                }
-                None => open = false,
-            }
+        while burst.open && burst.pending.is_empty() {
+            burst.take(changes.next().await);
         }
-        if pending.is_empty() {
+        if burst.pending.is_empty() {
             return None;
         }
-        while open {
+        while burst.open {
             tokio::select! {
                 biased;
-                more = changes.next() => match more {
-                    Some(paths) => {
-                        pending.add(paths);
-                        last_change = Instant::now();
-                    }
-                    None => open = false,
-                },
-                () = sleep_until(last_change + r.debounce) => break,
+                more = changes.next() => burst.take(more),
+                () = sleep_until(burst.last_change + r.debounce) => break,
             }
         }
         // One run at a time: changes meanwhile are kept for the next.
-        let changed = std::mem::take(&mut pending).summary();
+        let changed = std::mem::take(&mut burst.pending).summary();
         let mut run = pin!(run_hook_for(
             c,
             Phase::Reconfigure,
@@ -76,18 +66,32 @@ pub async fn watch_reconfigure<C: Container>(
         let report = loop {
             tokio::select! {
                 report = &mut run => break report,
-                more = changes.next(), if open => match more {
-                    Some(paths) => {
-                        pending.add(paths);
-                        last_change = Instant::now();
-                    }
-                    None => open = false,
-                },
+                more = changes.next(), if burst.open => burst.take(more),
             }
         };
         observe(&report);
         if r.stop_on_failure && report.failed() {
             return Some(report);
+        }
+    }
+}
+
+/// The changes not run for yet, when the last came, and whether more can come.
+struct Burst {
+    pending: Pending,
+    last_change: Instant,
+    open: bool,
+}
+
+impl Burst {
+    /// Takes what [`Changes::next`] gave: changed paths, or the end of the changes.
+    fn take(&mut self, changed: Option<Vec<String>>) {
+        match changed {
+            Some(paths) => {
+                self.pending.add(paths);
+                self.last_change = Instant::now();
+            }
+            None => self.open = false,
         }
     }
 }

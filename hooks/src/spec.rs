@@ -62,8 +62,8 @@ impl<'de> Deserialize<'de> for PhaseSpec {
     }
 }
 
-/// One of `exec`, `httpGet`, `sleep`, `signal`; which one is set is checked in validation so that the error
-/// can name every field that was given.
+/// One of `exec`, `httpGet`, `sleep`, `signal`; which one is set is checked in validation so
+/// that the error can name every field that was given.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Handler {

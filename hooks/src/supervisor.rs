@@ -1,8 +1,8 @@
 //! One container's whole life, decided in one place for every front end: the init sequence
 //! (init containers, sidecars, `once` steps), the entrypoint's start, PostStart, health checks,
-//! reconfigure runs, the stop sequence, the sidecars' stop, postStop, and the [`Outcome`]. A front end (`run`, the
-//! containerd task) turns what it is asked into [`Request`]s and the outcome into its exit
-//! status; what the supervisor acts on is a [`Supervised`] container.
+//! reconfigure runs, the stop sequence, the sidecars' stop, postStop, and the [`Outcome`]. A
+//! front end (`run`, the containerd task) turns what it is asked into [`Request`]s and the
+//! outcome into its exit status; what the supervisor acts on is a [`Supervised`] container.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -166,7 +166,7 @@ pub async fn supervise<S: Supervised>(
     if outcome.entrypoint_started() && !plan.post_stop.is_empty() {
         // A failure is reported and leaves the status as it is.
         if let Some(report) = c.post_stop(&plan.post_stop).await {
-            c.report(&format!("{}: {report}", report.reason()));
+            c.report(&report.message());
         }
     }
     outcome
@@ -299,12 +299,12 @@ async fn reconfigure<S: Supervised>(
             tracing::info!(container = c.id(), paths = ?r.paths, "watching for configuration changes");
             let observe = |report: &HookReport| {
                 if report.failed() {
-                    c.report(&format!("{}: {report}", report.reason()));
+                    c.report(&report.message());
                 }
             };
             tokio::select! {
                 failed = watch_reconfigure(c, r, &mut changes, observe) => {
-                    failed.map(|report| format!("{}: {report}", report.reason()))
+                    failed.map(|report| report.message())
                 }
                 _ = stopping.wait_for(|stopping| *stopping) => None,
             }
@@ -317,8 +317,8 @@ async fn reconfigure<S: Supervised>(
 }
 
 /// The started container's life: PostStart beside the entrypoint, then health checks and
-/// reconfigure runs (until a stop begins), the stop sequence on request or when one fails, until the entrypoint exits (which cancels any
-/// hook still running).
+/// reconfigure runs (until a stop begins), the stop sequence on request or when one fails,
+/// until the entrypoint exits (which cancels any hook still running).
 async fn running<S: Supervised>(
     c: &S,
     plan: &Plan,
@@ -366,7 +366,7 @@ async fn running<S: Supervised>(
                 stop_began.get_or_insert_with(Instant::now);
                 match ended {
                     Alarm::PostStartFailed(report) => {
-                        let message = format!("{}: {report}", report.reason());
+                        let message = report.message();
                         c.report(&message);
                         stopped_by = Some(message);
                         hook_failed = true;
