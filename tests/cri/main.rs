@@ -113,23 +113,31 @@ impl Env {
     /// container ids, once every container runs.
     fn start(&self, pod: &Pod, containers: &[(&str, &str)]) -> (String, Vec<String>) {
         let pod_id = self.cri.run_pod(pod);
-        let markers = self.markers();
         let ids: Vec<String> = containers
             .iter()
-            .map(|(name, script)| {
-                let id = self.cri.create_container(
-                    &pod_id,
-                    pod,
-                    name,
-                    BUSYBOX,
-                    &["sh", "-c", script],
-                    &[("/markers", markers.as_path())],
-                );
-                self.cri.start_container(&id);
-                id
-            })
+            .map(|(name, script)| self.run_container(&pod_id, pod, name, script, &[]))
             .collect();
         (pod_id, ids)
+    }
+
+    /// Creates and starts container `name` of the pod, running `script`, with `mounts`
+    /// besides `/markers`; returns its id.
+    fn run_container(
+        &self,
+        pod_id: &str,
+        pod: &Pod,
+        name: &str,
+        script: &str,
+        mounts: &[(&str, &std::path::Path)],
+    ) -> String {
+        let markers = self.markers();
+        let mut all = vec![("/markers", markers.as_path())];
+        all.extend_from_slice(mounts);
+        let id = self
+            .cri
+            .create_container(pod_id, pod, name, BUSYBOX, &["sh", "-c", script], &all);
+        self.cri.start_container(&id);
+        id
     }
 
     /// Tears the pod down as the kubelet does and checks nothing of it is left running.

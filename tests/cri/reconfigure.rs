@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::configmap::ConfigMapDir;
 use crate::support::{wait_for_line, wait_until};
-use crate::{spec_key, Env, BUSYBOX, LIFECYCLE};
+use crate::{spec_key, Env, LIFECYCLE};
 
 #[test]
 fn an_atomic_configmap_update_runs_the_reconfigure_hook_with_the_new_content() {
@@ -16,22 +16,13 @@ fn an_atomic_configmap_update_runs_the_reconfigure_hook_with_the_new_content() {
     let pod = env.pod("reconfigure", LIFECYCLE, &[(&spec_key("app"), spec)]);
     let pod_id = env.cri.run_pod(&pod);
     let markers = env.markers();
-    let id = env.cri.create_container(
+    let id = env.run_container(
         &pod_id,
         &pod,
         "app",
-        BUSYBOX,
-        &[
-            "sh",
-            "-c",
-            "echo up > /markers/up; while :; do sleep 1000 & wait $!; done",
-        ],
-        &[
-            ("/markers", markers.as_path()),
-            ("/etc/config", volume.path()),
-        ],
+        "echo up > /markers/up; while :; do sleep 1000 & wait $!; done",
+        &[("/etc/config", volume.path())],
     );
-    env.cri.start_container(&id);
     wait_for_line(&markers.join("up"), Some("up"));
     wait_until("the shim watches for changes", || {
         env.containerd

@@ -8,7 +8,7 @@ use k8s_cri::v1::ContainerState;
 use serde_json::json;
 
 use crate::support::wait_until;
-use crate::{spec_key, Env, BUSYBOX, LIFECYCLE};
+use crate::{spec_key, Env, LIFECYCLE};
 
 const WAITS_FOR_TERM: &str = "trap 'exit 0' TERM; while :; do sleep 1000 & wait $!; done";
 
@@ -19,19 +19,13 @@ fn termination_message(env: &Env, name: &str, spec: serde_json::Value, script: &
     std::fs::write(&file, "").unwrap();
     let pod = env.pod(name, LIFECYCLE, &[(&spec_key("app"), spec)]);
     let pod_id = env.cri.run_pod(&pod);
-    let markers = env.markers();
-    let id = env.cri.create_container(
+    let id = env.run_container(
         &pod_id,
         &pod,
         "app",
-        BUSYBOX,
-        &["sh", "-c", script],
-        &[
-            ("/markers", markers.as_path()),
-            ("/dev/termination-log", file.as_path()),
-        ],
+        script,
+        &[("/dev/termination-log", file.as_path())],
     );
-    env.cri.start_container(&id);
     wait_until("the container has exited", || {
         env.cri.container_status(&id).state == ContainerState::ContainerExited as i32
     });

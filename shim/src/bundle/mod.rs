@@ -265,10 +265,8 @@ impl Bundle {
         &self,
         plan: &Plan,
     ) -> std::io::Result<Vec<crate::lifecycle::watch::WatchedPath>> {
-        let paths = plan.reconfigure.iter().flat_map(|r| &r.paths);
-        paths
-            .map(|path| crate::lifecycle::watch::resolve(&self.binds, path))
-            .collect()
+        let paths = plan.reconfigure.as_ref().map_or(&[][..], |r| &r.paths);
+        crate::lifecycle::watch::resolve_all(&self.binds, paths)
     }
 
     /// The container's name in its pod: from containerd's CRI annotation, CRI-O's metadata, or

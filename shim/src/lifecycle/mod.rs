@@ -199,11 +199,7 @@ impl Supervised for RuncLife<'_> {
 
     /// Found on the host again: the volume may have changed since the plan was checked.
     fn watch(&self, paths: &[String]) -> Result<watch::Watcher, ContainerError> {
-        let found = paths
-            .iter()
-            .map(|path| watch::resolve(self.binds, path))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(ContainerError::Watch)?;
+        let found = watch::resolve_all(self.binds, paths).map_err(ContainerError::Watch)?;
         watch::Watcher::new(found).map_err(ContainerError::Watch)
     }
 

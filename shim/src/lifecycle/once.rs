@@ -65,17 +65,22 @@ pub fn names(rest: &Path) -> io::Result<Vec<&str>> {
 /// Opens the directory `names` below `source`, one component at a time, following no
 /// symlink.
 pub fn open_below(source: &Path, names: &[&str]) -> io::Result<OwnedFd> {
-    let directory = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
     let mut dir: OwnedFd = File::open(source)?.into();
     for step in names {
-        dir = openat(&dir, *step, directory, Mode::empty()).map_err(|errno| {
-            io::Error::new(
-                io::Error::from(errno).kind(),
-                format!("{step}: {errno} (symlinks are not followed)"),
-            )
-        })?;
+        dir = open_dir_in(&dir, step)?;
     }
     Ok(dir)
+}
+
+/// Opens the directory `name` in `dir`, not following a symlink.
+pub fn open_dir_in(dir: &OwnedFd, name: &str) -> io::Result<OwnedFd> {
+    let directory = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
+    openat(dir, name, directory, Mode::empty()).map_err(|errno| {
+        io::Error::new(
+            io::Error::from(errno).kind(),
+            format!("{name}: {errno} (symlinks are not followed)"),
+        )
+    })
 }
 
 /// The directory holding the sentinel, opened without following any symlink below the

@@ -23,12 +23,12 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Component, Path, PathBuf};
 
 use lifecycle_hooks::reconfigure::Changes;
-use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
+use nix::fcntl::{readlinkat, AtFlags};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
-use nix::sys::stat::{fstatat, Mode, SFlag};
+use nix::sys::stat::{fstatat, SFlag};
 use tokio::io::unix::AsyncFd;
 
-use crate::lifecycle::once::{names, open_below, volume_path, Bind};
+use crate::lifecycle::once::{names, open_below, open_dir_in, volume_path, Bind};
 
 /// The symlink the kubelet's atomic writer renames into place for each update.
 const ATOMIC_DATA_LINK: &str = "..data";
@@ -67,6 +67,11 @@ impl fmt::Display for WatchedPath {
     }
 }
 
+/// Finds each of `paths`, as [`resolve`] does.
+pub fn resolve_all(binds: &[Bind], paths: &[String]) -> io::Result<Vec<WatchedPath>> {
+    paths.iter().map(|path| resolve(binds, path)).collect()
+}
+
 /// Finds `path` on the host: in a bind-mounted volume, reached without following a symlink.
 pub fn resolve(binds: &[Bind], path: &str) -> io::Result<WatchedPath> {
     let refuse =
@@ -74,71 +79,65 @@ pub fn resolve(binds: &[Bind], path: &str) -> io::Result<WatchedPath> {
     let (source, rest) = volume_path(binds, path)
         .ok_or_else(|| refuse("is in no bind-mounted volume of the bundle".to_owned()))?;
     let mut names = names(&rest).map_err(|error| refuse(error.to_string()))?;
-    let host = match rest.as_os_str().is_empty() {
-        true => source.clone(),
-        false => source.join(&rest),
-    };
     let in_volume =
         |error: io::Error| refuse(format!("{error} (in the volume {})", source.display()));
-    let Some(last) = names.pop() else {
-        // The mount point: the whole volume.
-        let dir = open_below(&source, &[]).map_err(in_volume)?;
-        let stat = nix::sys::stat::fstat(&dir).map_err(|errno| in_volume(errno.into()))?;
-        if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
-            return Err(refuse(
-                "is a file bind mount, which keeps the file it was made with: a file replaced on the host is never seen through it; bind-mount its directory and watch the file there".to_owned(),
-            ));
-        }
-        return Ok(WatchedPath {
-            path: path.to_owned(),
-            host,
-            name: None,
-            dir,
-        });
-    };
-    let parent = open_below(&source, &names).map_err(in_volume)?;
-    let kind = match fstatat(&parent, last, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(stat) => Some(SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT),
-        Err(nix::Error::ENOENT) => None,
-        Err(errno) => return Err(in_volume(errno.into())),
-    };
-    let file = |dir: OwnedFd| WatchedPath {
-        path: path.to_owned(),
-        host: host.parent().unwrap_or(&source).to_owned(),
-        name: Some(last.to_owned()),
-        dir,
-    };
-    match kind {
-        // A file that does not exist yet: its creation will count.
-        None => Ok(file(parent)),
-        Some(SFlag::S_IFREG) => Ok(file(parent)),
-        Some(SFlag::S_IFDIR) => {
-            let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
-            let dir = openat(&parent, last, flags, Mode::empty())
-                .map_err(|errno| in_volume(errno.into()))?;
-            Ok(WatchedPath {
-                path: path.to_owned(),
-                host,
-                name: None,
-                dir,
-            })
-        }
-        Some(SFlag::S_IFLNK) => {
-            let target = readlinkat(&parent, last).map_err(|errno| in_volume(errno.into()))?;
-            let target = Path::new(&target);
-            let stays = target
-                .components()
-                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-            if !stays {
-                return Err(refuse(format!(
-                    "is a symlink to {}, which leaves its directory (symlinks are not followed)",
-                    target.display()
-                )));
+    // The directory to watch, and the file watched in it (`None`: all of it).
+    let (dir, name) = match names.pop() {
+        None => {
+            // The mount point: the whole volume.
+            let dir = open_below(&source, &[]).map_err(in_volume)?;
+            let stat = nix::sys::stat::fstat(&dir).map_err(|errno| in_volume(errno.into()))?;
+            if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
+                return Err(refuse(
+                    "is a file bind mount, which keeps the file it was made with: a file replaced on the host is never seen through it; bind-mount its directory and watch the file there".to_owned(),
+                ));
             }
-            Ok(file(parent))
+            (dir, None)
         }
-        Some(_) => Err(refuse("is neither a file nor a directory".to_owned())),
-    }
+        Some(last) => {
+            let parent = open_below(&source, &names).map_err(in_volume)?;
+            let kind = match fstatat(&parent, last, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(stat) => Some(SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT),
+                Err(nix::Error::ENOENT) => None,
+                Err(errno) => return Err(in_volume(errno.into())),
+            };
+            match kind {
+                // A file that does not exist yet: its creation will count.
+                None | Some(SFlag::S_IFREG) => (parent, Some(last)),
+                Some(SFlag::S_IFDIR) => (open_dir_in(&parent, last).map_err(in_volume)?, None),
+                Some(SFlag::S_IFLNK) => {
+                    let target =
+                        readlinkat(&parent, last).map_err(|errno| in_volume(errno.into()))?;
+                    let target = Path::new(&target);
+                    let stays = target
+                        .components()
+                        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+                    if !stays {
+                        return Err(refuse(format!(
+                            "is a symlink to {}, which leaves its directory (symlinks are not followed)",
+                            target.display()
+                        )));
+                    }
+                    (parent, Some(last))
+                }
+                Some(_) => return Err(refuse("is neither a file nor a directory".to_owned())),
+            }
+        }
+    };
+    let watched_dir = match name {
+        None => rest.as_path(),
+        Some(_) => rest.parent().unwrap_or(Path::new("")),
+    };
+    let host = match watched_dir.as_os_str().is_empty() {
+        true => source.clone(),
+        false => source.join(watched_dir),
+    };
+    Ok(WatchedPath {
+        path: path.to_owned(),
+        host,
+        name: name.map(str::to_owned),
+        dir,
+    })
 }
 
 /// Where a watch's events go: the directory as the container sees it, and the file watched in
@@ -155,15 +154,19 @@ impl Target {
             None => true,
             Some(watched) => watched == name || name == ATOMIC_DATA_LINK,
         };
-        counts.then(|| format!("{}/{name}", self.dir.trim_end_matches('/')))
+        counts.then(|| self.join(name))
     }
 
     /// Every path it watches, for an overflow of the event queue.
     fn all(&self) -> String {
         match &self.name {
             None => self.dir.clone(),
-            Some(name) => format!("{}/{name}", self.dir.trim_end_matches('/')),
+            Some(name) => self.join(name),
         }
+    }
+
+    fn join(&self, name: &str) -> String {
+        format!("{}/{name}", self.dir.trim_end_matches('/'))
     }
 }
 
