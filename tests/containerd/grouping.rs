@@ -26,9 +26,7 @@ fn run(env: &Env, id: &str, group: Option<&str>) {
 }
 
 fn stop(env: &Env, id: &str) {
-    env.ctr_ok(&["task", "kill", id]);
-    env.wait_for_status(id, "STOPPED");
-    env.remove(id);
+    env.stop(id);
     assert_eq!(env.lines(id), ["prestop", "term"], "{id}");
 }
 

@@ -383,9 +383,7 @@ fn health_status_is_shown_for_a_task() {
     crate::support::wait_until("the status is ok", || {
         status().contains("\"status\": \"ok\"")
     });
-    env.ctr_ok(&["task", "kill", "healthy"]);
-    env.wait_for_status("healthy", "STOPPED");
-    env.remove("healthy");
+    env.stop("healthy");
     assert_eq!(status(), "", "the status file outlived the task");
     env.assert_clean(&["healthy"]);
 }

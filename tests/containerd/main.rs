@@ -301,6 +301,15 @@ impl Env {
         });
     }
 
+    /// Stops the task with SIGTERM, waits until it has stopped, and deletes it as [`Env::remove`]
+    /// does.
+    #[track_caller]
+    pub fn stop(&self, id: &str) -> String {
+        self.ctr_ok(&["task", "kill", id]);
+        self.wait_for_status(id, "STOPPED");
+        self.remove(id)
+    }
+
     /// Deletes a stopped task and its container; returns ctr's stderr, which names a non-zero
     /// exit status.
     #[track_caller]

@@ -2,17 +2,15 @@
 //! updated as the kubelet's atomic writer does, in-place writes, unwatched files), a signal
 //! handler, and watch paths refused at Create with InvalidArgument.
 //!
-//! That a change did *not* run the handler can only be seen after a while: those tests wait
-//! twice the debounce period, then make a change that does run it, and look at every run.
+//! That a change did *not* run the handler is seen with [`wait_out_debounce`].
 
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::json;
 
-use crate::configmap::ConfigMapDir;
+use crate::configmap::{wait_out_debounce, ConfigMapDir};
 use crate::lifecycle::args_ref;
 use crate::support::{wait_for_line, wait_until};
 use crate::{Env, LIFECYCLE};
@@ -60,14 +58,8 @@ fn run_watching(
 
 /// Stops the task (SIGTERM), removes it and checks that nothing is left.
 fn stop(env: &Env, id: &str) {
-    env.ctr_ok(&["task", "kill", id]);
-    env.wait_for_status(id, "STOPPED");
-    env.remove(id);
+    env.stop(id);
     env.assert_clean(&[id]);
-}
-
-fn twice(debounce: u64) -> Duration {
-    Duration::from_secs(2 * debounce)
 }
 
 #[test]
@@ -81,12 +73,12 @@ fn atomic_updates_run_the_handler_once_each_and_a_burst_of_five_once() {
     run_watching(&env, "reconf", &source, "/etc/config", reconfigure, IDLE);
     update("v2");
     wait_for_line(&env.marker("runs"), Some("v2"));
-    std::thread::sleep(twice(2));
+    wait_out_debounce(2);
     for version in 3..=7 {
         update(&format!("v{version}"));
     }
     wait_for_line(&env.marker("runs"), Some("v7"));
-    std::thread::sleep(twice(2));
+    wait_out_debounce(2);
     update("v8");
     wait_for_line(&env.marker("runs"), Some("v8"));
     assert_eq!(env.lines("runs"), ["v2", "v7", "v8"]);
@@ -114,7 +106,7 @@ fn an_in_place_write_runs_the_handler_and_touching_an_unwatched_file_does_not() 
         .open(volume.join("other.conf"))
         .unwrap();
     fs::write(volume.join("new.conf"), "y").unwrap();
-    std::thread::sleep(twice(1));
+    wait_out_debounce(1);
     let inode = |path: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap());
     let before = inode(&file);
     fs::write(&file, "v2").unwrap();

@@ -211,9 +211,7 @@ fn hook_runtime_calls_use_binary_name_and_root() {
         ),
     );
     wait_for_line(&env.marker("up"), Some("up"));
-    env.ctr_ok(&["task", "kill", "hooked"]);
-    env.wait_for_status("hooked", "STOPPED");
-    env.remove("hooked");
+    env.stop("hooked");
     assert_eq!(
         env.lines("order"),
         ["init", "poststart", "prestop", "poststop"]
@@ -423,9 +421,7 @@ fn shim_cgroup_holds_the_shim() {
     let pid = shims[0].split(':').next().unwrap();
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(cgroups.contains(&format!(":/{name}\n")), "{cgroups}");
-    env.ctr_ok(&["task", "kill", "grouped"]);
-    env.wait_for_status("grouped", "STOPPED");
-    env.remove("grouped");
+    env.stop("grouped");
     env.assert_clean(&["grouped"]);
     wait_until("the cgroups are removable", || {
         hierarchies
@@ -475,8 +471,6 @@ fn the_shim_shows_as_containerd_shim_lifecycle_v2() {
         "{}",
         String::from_utf8_lossy(arg0)
     );
-    env.ctr_ok(&["task", "kill", "named"]);
-    env.wait_for_status("named", "STOPPED");
-    env.remove("named");
+    env.stop("named");
     env.assert_clean(&["named"]);
 }

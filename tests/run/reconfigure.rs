@@ -2,17 +2,15 @@
 //! kubelet's atomic writer does, in-place writes, unwatched files, signal and httpGet
 //! handlers, and watch paths refused before anything runs; and a signal handler in preStop.
 //!
-//! That a change did *not* run the handler can only be seen after a while: those tests wait
-//! twice the debounce period, then make a change that does run it, and look at every run.
+//! That a change did *not* run the handler is seen with [`wait_out_debounce`].
 
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use crate::configmap::ConfigMapDir;
+use crate::configmap::{wait_out_debounce, ConfigMapDir};
 use crate::support::{self, prerequisites, wait_for_line, wait_until, TestBundle};
 use crate::{cgi, http_server_init, WAIT_FOR_TERM};
 
@@ -52,10 +50,6 @@ fn stop(bundle: &TestBundle, shim: support::Shim) {
     bundle.assert_clean();
 }
 
-fn twice(debounce: u64) -> Duration {
-    Duration::from_secs(2 * debounce)
-}
-
 #[test]
 fn an_atomic_update_runs_the_handler_exactly_once_with_the_new_content() {
     if !prerequisites() {
@@ -70,7 +64,7 @@ fn an_atomic_update_runs_the_handler_exactly_once_with_the_new_content() {
     let shim = start_watching(&bundle);
     volume.update(&[("app.conf", "v2"), ("other.conf", "x")]);
     wait_for_line(&bundle.marker("runs"), Some("v2"));
-    std::thread::sleep(twice(1));
+    wait_out_debounce(1);
     volume.update(&[("app.conf", "v3"), ("other.conf", "x")]);
     wait_for_line(&bundle.marker("runs"), Some("v3"));
     assert_eq!(bundle.lines("runs"), ["v2", "v3"]);
@@ -98,7 +92,7 @@ fn five_updates_within_the_debounce_period_run_the_handler_once() {
         volume.update(&[("app.conf", &format!("v{version}"))]);
     }
     wait_for_line(&bundle.marker("runs"), Some("v6"));
-    std::thread::sleep(twice(2));
+    wait_out_debounce(2);
     volume.update(&[("app.conf", "v7")]);
     wait_for_line(&bundle.marker("runs"), Some("v7"));
     assert_eq!(bundle.lines("runs"), ["v6", "v7"]);
@@ -129,7 +123,7 @@ fn an_in_place_write_runs_the_handler_and_touching_an_unwatched_file_does_not() 
         .open(volume.path().join("other.conf"))
         .unwrap();
     fs::write(volume.path().join("new.conf"), "y").unwrap();
-    std::thread::sleep(twice(1));
+    wait_out_debounce(1);
     // In place: the same inode, written and closed.
     let inode =
         |path: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap());

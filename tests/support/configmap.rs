@@ -8,6 +8,14 @@
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
+use std::time::Duration;
+
+/// Waits twice a reconfigure entry's debounce period. That a change did *not* run the handler
+/// can only be seen after a while: a test waits this long after it, then makes a change that
+/// does run it, and compares every run.
+pub fn wait_out_debounce(debounce_seconds: u64) {
+    std::thread::sleep(Duration::from_secs(2 * debounce_seconds));
+}
 
 pub struct ConfigMapDir {
     dir: tempfile::TempDir,
